@@ -1,0 +1,130 @@
+"""The embedded backend: ids, history and the broadcaster, all in this process.
+
+Correct for ONE worker process: events do not cross processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..broker import Backend, Published, Replay
+from ..wire import Event, frame
+
+log = logging.getLogger("flask_sse_hub")
+
+_STOP = None
+
+
+class MemoryBackend(Backend):
+    """Ids ``<epoch>-<sequence>``, a history ring, and a broadcaster thread.
+
+    The epoch is random per instance, so an id handed out by another process or
+    an earlier run of the hub is recognised as unknown instead of being taken
+    for a position in this one's sequence.
+    """
+
+    name = "memory"
+
+    def __init__(self, *, history_size: int) -> None:
+        self.epoch = secrets.token_hex(4)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._history: deque[tuple[int, Published]] = deque(maxlen=history_size)
+        self._inbox: queue.Queue[list[Published] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.published = 0
+
+    def start(self, deliver: Callable[[list[Published]], None]) -> None:
+        self._thread = threading.Thread(
+            target=self._broadcast, args=(deliver,), name="sse-broadcaster", daemon=True
+        )
+        self._thread.start()
+        log.info("memory backend started (epoch %s)", self.epoch)
+
+    def stop(self) -> None:
+        self._inbox.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def publish(self, events: Sequence[Event]) -> list[str]:
+        # The inbox put happens under the lock so that batches reach the
+        # broadcaster in id order even when several threads publish at once.
+        with self._lock:
+            batch = []
+            for event in events:
+                self._seq += 1
+                event_id = f"{self.epoch}-{self._seq}"
+                published = Published(event_id, event.channel, frame(event_id, event.body))
+                self._history.append((self._seq, published))
+                batch.append(published)
+            self.published += len(batch)
+            self._inbox.put(batch)
+        return [event.id for event in batch]
+
+    def _broadcast(self, deliver: Callable[[list[Published]], None]) -> None:
+        inbox = self._inbox
+        while True:
+            batch = inbox.get()
+            if batch is _STOP:
+                return
+            # Fan out everything already waiting in one go: each subscriber
+            # then gets one queue item (and the socket one write) for all of it.
+            while len(batch) < 4096:
+                try:
+                    more = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    deliver(batch)
+                    return
+                batch.extend(more)
+            try:
+                deliver(batch)
+            except Exception:  # a bug in fan-out must not kill the broadcaster
+                log.exception("fan-out of %d events failed", len(batch))
+
+    def _sequence_of(self, event_id: str | None) -> int | None:
+        """The sequence number of an id of this epoch, or None for anything else."""
+        if event_id is None:
+            return None
+        epoch, _, seq = event_id.partition("-")
+        if epoch != self.epoch or not seq.isdigit() or len(seq) > 18:
+            return None
+        return int(seq)
+
+    def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
+        after = self._sequence_of(last_id)
+        until = self._sequence_of(upto) or 0
+        with self._lock:
+            first = self._history[0][0] if self._history else self._seq + 1
+            # The known positions are "before the first retained event" up to
+            # the last fanned-out one; anything else cannot be resumed from.
+            gap = after is None or not first - 1 <= after <= until
+            start = first - 1 if after is None or gap else after
+            offset = start - (first - 1)
+            events = [
+                published
+                for seq, published in itertools.islice(self._history, offset, None)
+                if seq <= until and published.channel in channels
+            ]
+        if gap:
+            return Replay(events, gap=True, gap_position=f"{self.epoch}-{start}")
+        return Replay(events)
+
+    def healthy(self) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "events_published": self.published,
+                "history": len(self._history),
+                "epoch": self.epoch,
+            }

@@ -1,0 +1,298 @@
+"""``SSEBlueprint``: the subscribe endpoint, ``publish()``, ``@authorize`` and the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+
+from .backends import make_backend
+from .broker import Broker, Replay, Subscription, join_chunks
+from .config import HubConfig, set_defaults
+from .errors import HubError, TooManyChannels
+from .wire import (
+    HEARTBEAT,
+    encode_gap,
+    encode_ping,
+    encode_preamble,
+    make_event,
+    validate_channel,
+)
+
+log = logging.getLogger("flask_sse_hub")
+
+EXTENSION_KEY = "sse_hub"
+STREAM_HEADERS = {
+    "Cache-Control": "no-store",
+    # nginx: pass each chunk on at once instead of buffering the response.
+    "X-Accel-Buffering": "no",
+}
+
+
+class Hub:
+    """What one :class:`SSEBlueprint` owns in one app: its settings and its broker."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.broker = Broker(make_backend(config), queue_size=config.queue_size)
+        self.preamble = encode_preamble(config.retry_ms)
+        self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
+
+    def publish(
+        self, data: Any, *, channel: str = "default", event: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Validate, encode once, publish; return the id the hub assigned."""
+        encoded = make_event(
+            data, channel=channel, event=event, retry=retry,
+            max_bytes=self.config.max_event_bytes,
+        )
+        return self.broker.publish([encoded])[0]
+
+
+def error_response(exc: HubError) -> Response:
+    """The one mapping from hub errors to HTTP answers: status and a JSON reason."""
+    response = jsonify(error=str(exc))
+    response.status_code = exc.status
+    return response
+
+
+class SSEBlueprint(Blueprint):
+    """A blueprint serving an SSE subscribe endpoint at its URL prefix.
+
+    Registering it on an app creates that app's hub for it (kept in
+    ``app.extensions["sse_hub"][name]``) with the app's ``SSE_*`` settings::
+
+        sse = SSEBlueprint("sse", __name__)
+        app.register_blueprint(sse, url_prefix="/stream")
+        sse.publish({"order": 42}, channel="orders", event="order-created")
+
+    Clients subscribe with ``GET /stream?channel=orders&channel=other``.
+    """
+
+    def __init__(
+        self, name: str = "sse", import_name: str = __name__, *,
+        url_prefix: str | None = "/stream", **kwargs: Any,
+    ) -> None:
+        super().__init__(name, import_name, url_prefix=url_prefix, **kwargs)
+        self._authorizers: list[Callable[[str], bool]] = []
+        self.add_url_rule("", "stream", self._stream_view, methods=["GET"])
+        self.record(self._create_hub)
+        self.register_error_handler(HubError, error_response)
+        self._add_cli()
+
+    # -- registration -------------------------------------------------------
+
+    def register(self, app: Flask | Any, options: dict[str, Any]) -> None:
+        # The endpoint's rule is the prefix itself; an empty prefix means "/".
+        if options.get("url_prefix", self.url_prefix) in ("", None):
+            options = {**options, "url_prefix": "/"}
+        super().register(app, options)
+
+    def _create_hub(self, state: BlueprintSetupState) -> None:
+        app = state.app
+        hubs = app.extensions.setdefault(EXTENSION_KEY, {})
+        if self.name in hubs:  # registered again under another prefix: same hub
+            return
+        set_defaults(app.config)
+        config = HubConfig.from_mapping(app.config)
+        hubs[self.name] = Hub(config)
+        log.info("hub %r ready: %s", self.name, config.summary())
+
+    def hub(self, app: Flask | None = None) -> Hub:
+        """This blueprint's hub in ``app`` (default: the current app)."""
+        app = current_app if app is None else app
+        try:
+            hub: Hub = app.extensions[EXTENSION_KEY][self.name]
+        except KeyError:
+            raise RuntimeError(
+                f"SSE blueprint {self.name!r} is not registered on app {app.name!r}"
+            ) from None
+        return hub
+
+    # -- public API ---------------------------------------------------------
+
+    def authorize(self, fn: Callable[[str], bool]) -> Callable[[str], bool]:
+        """Register ``fn(channel) -> bool``, asked in the request context for every channel.
+
+        Any ``False`` refuses the stream with 403 before it starts::
+
+            @sse.authorize
+            def may_read(channel):
+                return channel == "public" or current_user.is_admin
+        """
+        self._authorizers.append(fn)
+        return fn
+
+    def publish(
+        self, data: Any, *, channel: str = "default", event: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Publish ``data`` to ``channel``; return the id the hub assigned.
+
+        ``str`` data is sent as text, anything else as compact JSON. Needs an
+        app context. Raises ``ValueError`` subclasses for bad names or sizes,
+        ``TypeError`` for data JSON cannot encode, and ``BackendUnavailable``.
+        """
+        return self.hub().publish(data, channel=channel, event=event, retry=retry)
+
+    # -- the stream ---------------------------------------------------------
+
+    def _requested_channels(self, max_channels: int) -> list[str]:
+        names = request.args.getlist("channel") or ["default"]
+        channels = list(dict.fromkeys(validate_channel(name) for name in names))
+        if len(channels) > max_channels:
+            raise TooManyChannels(
+                f"{len(channels)} channels requested, at most {max_channels} (SSE_MAX_CHANNELS)"
+            )
+        return channels
+
+    def _stream_view(self) -> Response:
+        hub = self.hub()
+        channels = self._requested_channels(hub.config.max_channels)
+        for channel in channels:
+            for allowed in self._authorizers:
+                if not allowed(channel):
+                    return Response(
+                        f"not allowed to subscribe to {channel!r}\n", status=403,
+                        mimetype="text/plain",
+                    )
+        # SPEC §3: the header (sent by the browser on reconnect) wins over the query.
+        last_id = (
+            request.headers.get("Last-Event-ID")
+            or request.args.get("lastEventId")
+            or request.args.get("last_event_id")
+            or None
+        )
+        if request.method == "HEAD":
+            return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
+        sub, replay = hub.broker.subscribe(channels, last_id)
+        sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+        if isinstance(sock, socket.socket):
+            sub.abort = _aborter(sock)
+        return Response(
+            _stream(hub, sub, replay, last_id, sock),
+            mimetype="text/event-stream", headers=STREAM_HEADERS,
+        )
+
+    # -- CLI ----------------------------------------------------------------
+
+    def _add_cli(self) -> None:
+        @self.cli.command("publish")
+        @click.argument("channel")
+        @click.argument("data")
+        @click.option("--event", default=None, help="Event type (default: message).")
+        @click.option("--json", "as_json", is_flag=True, help="DATA is JSON: send it parsed.")
+        def publish_command(channel: str, data: str, event: str | None, as_json: bool) -> None:
+            """Publish DATA to CHANNEL and print the event id."""
+            import json
+
+            hub = self.hub()
+            if hub.config.redis_url is None:
+                click.echo(
+                    "warning: memory backend: only subscribers of this process receive it; "
+                    "set SSE_REDIS_URL to reach a running hub", err=True,
+                )
+            try:
+                payload = json.loads(data) if as_json else data
+                click.echo(hub.publish(payload, channel=channel, event=event))
+            except (ValueError, TypeError, HubError) as exc:
+                raise click.ClickException(str(exc)) from None
+
+
+def _aborter(sock: socket.socket) -> Callable[[], None]:
+    def abort() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    return abort
+
+
+def _peer_closed(sock: Any) -> bool:
+    """True when the client has closed its end (readable, and a peek reads EOF).
+
+    Lets an idle stream notice a vanished client at its next heartbeat instead
+    of at the write after it (the first write to a closed peer still succeeds).
+    """
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _stream(
+    hub: Hub, sub: Subscription, replay: Replay, last_id: str | None, sock: Any
+) -> Iterator[bytes]:
+    """The response body: preamble, replay, then live events and heartbeats.
+
+    Holds no request context: a stream keeps only its subscription, so an
+    idle stream costs little memory.
+    """
+    broker = hub.broker
+    config = hub.config
+    q = sub.queue
+    heartbeat = hub.heartbeat
+    interval = config.heartbeat_seconds
+    deadline = None
+    if config.max_connection_seconds is not None:
+        # Jitter spreads the reconnects of streams opened together.
+        deadline = time.monotonic() + config.max_connection_seconds * random.uniform(0.9, 1.0)
+    try:
+        first = hub.preamble
+        if replay.gap:
+            assert last_id is not None
+            first += encode_gap(last_id, replay.gap_position)
+        yield first
+        for chunk, count in join_chunks(event.frame for event in replay.events):
+            yield chunk
+            sub.delivered += count
+        while sub.closed is None:
+            timeout = interval
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    return
+            try:
+                item = q.get(timeout=timeout)
+            except queue.Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                if _peer_closed(sock):
+                    return
+                yield heartbeat
+                continue
+            if item is None or sub.closed is not None:
+                return
+            chunk, count = item
+            # Coalesce what queued up while we were writing into one write.
+            if sub.enqueued - sub.dequeued > count:
+                parts = [chunk]
+                while True:
+                    try:
+                        more = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        sub.closed = sub.closed or "closed"
+                        break
+                    parts.append(more[0])
+                    count += more[1]
+                chunk = b"".join(parts)
+            sub.dequeued += count
+            yield chunk
+            sub.delivered += count
+    finally:
+        broker.unsubscribe(sub)

@@ -1,0 +1,349 @@
+"""Subscriptions, the backend interface, and the fan-out to local subscribers.
+
+Data flows one way::
+
+    publish() -> Backend.publish (ids, history, transport)
+              -> the backend's broadcaster thread -> Broker.fan_out
+              -> each Subscription's bounded queue -> the stream generator
+
+The :class:`Broker` is the same for every backend. It keeps the registry of
+local subscriptions under one lock and remembers the *position*: the id of the
+last event it fanned out. :meth:`Broker.subscribe` registers a subscription and
+reads that position in the same critical section in which :meth:`fan_out`
+advances it, so a resuming client replays history up to exactly that position
+and receives everything after it live: no gap, no duplicate, even while events
+are being published during the reconnect.
+
+Everything here works with real OS threads and, unchanged, under gevent's
+monkey-patching (``threading``, ``queue`` and locks become cooperative); no
+``threading`` name is bound at import time so that patching after import works.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .wire import Event
+
+log = logging.getLogger("flask_sse_hub")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event with its hub-assigned id: the complete bytes a client receives."""
+
+    id: str
+    channel: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a resuming subscriber gets before live events.
+
+    ``gap`` is true when the requested id is unknown (garbage, another hub's
+    epoch) or older than the retained history; ``gap_position`` is then the id
+    just before ``events`` (None when there is no such id to give).
+    """
+
+    events: list[Published] = field(default_factory=list)
+    gap: bool = False
+    gap_position: str | None = None
+
+
+#: Queue items: ``(chunk, number of events in it)``; ``CLOSE`` ends the stream.
+Chunk = tuple[bytes, int]
+CLOSE = None
+
+
+class Subscription:
+    """One stream's registration: its channels and its queue of chunks.
+
+    The queue is a plain ``queue.Queue`` (gevent's when the process is
+    monkey-patched), used only through its documented methods. Its bound is
+    counted in *events*, not items, with two counters that each have a single
+    writer — ``enqueued`` the broadcaster, ``dequeued`` the stream — so the
+    count is race-free under OS threads without another lock. ``delivered`` is
+    likewise written by the stream alone.
+    """
+
+    __slots__ = ("abort", "channels", "closed", "delivered", "dequeued", "enqueued", "queue")
+
+    def __init__(self, channels: Sequence[str]) -> None:
+        self.channels = frozenset(channels)
+        self.queue: queue.Queue[Chunk | None] = queue.Queue()
+        self.enqueued = 0
+        self.dequeued = 0
+        self.delivered = 0
+        #: Why the hub ended this stream ("slow", "shutdown"), or None.
+        self.closed: str | None = None
+        #: Set by the stream when the server exposes its socket: cuts a client
+        #: that no longer reads, so a write blocked on it returns at once.
+        self.abort: Callable[[], None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not yet taken by the stream."""
+        return self.enqueued - self.dequeued
+
+    def close(self, reason: str, *, release: bool) -> None:
+        """Make the stream end; ``release`` first drops what is queued (freeing it)."""
+        self.closed = reason
+        if release:
+            try:
+                while True:
+                    self.queue.get_nowait()
+            except queue.Empty:
+                pass
+        self.queue.put_nowait(CLOSE)
+
+
+class Backend(ABC):
+    """Where published events go and where fanned-out events come from.
+
+    A backend assigns ids, keeps the history, and runs ONE broadcaster thread
+    per process that hands batches of :class:`Published` events, in id order,
+    to the callback given to :meth:`start`.
+    """
+
+    name: str
+
+    @abstractmethod
+    def start(self, deliver: Callable[[list[Published]], None]) -> None:
+        """Start the broadcaster thread; it calls ``deliver`` with each batch."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop the broadcaster thread (no more deliveries)."""
+
+    @abstractmethod
+    def publish(self, events: Sequence[Event]) -> list[str]:
+        """Publish ``events`` in order; return their ids. Raises BackendUnavailable."""
+
+    @abstractmethod
+    def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
+        """The retained events of ``channels`` after ``last_id``, up to ``upto`` included."""
+
+    @abstractmethod
+    def healthy(self) -> bool:
+        """True when publishing would currently succeed."""
+
+    def stats(self) -> dict[str, Any]:
+        """Backend-specific figures for ``/stats``."""
+        return {}
+
+
+class Broker:
+    """The local registry of subscriptions and the fan-out to them.
+
+    One broker per app and blueprint. Its lock guards bookkeeping only (the
+    registry, the position, counters); puts are non-blocking and happen
+    outside it.
+    """
+
+    def __init__(self, backend: Backend, *, queue_size: int) -> None:
+        self.backend = backend
+        self.queue_size = queue_size
+        self._lock = threading.Lock()
+        self._channels: dict[str, set[Subscription]] = {}
+        self._position: str | None = None
+        self._started = False
+        self._closed = False
+        self.connections = 0
+        self.dropped_slow = 0
+        self.replays = 0
+        self.gaps = 0
+        self._delivered_by_closed = 0
+
+    # -- publishing -----------------------------------------------------------
+
+    def publish(self, events: Sequence[Event]) -> list[str]:
+        """Publish already validated events in order; return their ids."""
+        self._ensure_started()
+        return self.backend.publish(events)
+
+    # -- subscribing ----------------------------------------------------------
+
+    def subscribe(self, channels: Sequence[str], last_id: str | None = None) -> tuple[
+        Subscription, Replay
+    ]:
+        """Register a subscription; with ``last_id``, also compute what it missed."""
+        self._ensure_started()
+        sub = Subscription(channels)
+        with self._lock:
+            if self._closed:
+                sub.close("shutdown", release=False)
+            for channel in sub.channels:
+                self._channels.setdefault(channel, set()).add(sub)
+            self.connections += 1
+            upto = self._position
+        if last_id is None:
+            return sub, Replay()
+        try:
+            replay = self.backend.replay(sub.channels, last_id, upto)
+        except BaseException:
+            self.unsubscribe(sub)
+            raise
+        with self._lock:
+            self.replays += 1
+            self.gaps += replay.gap
+        return sub, replay
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget ``sub``; safe to call more than once."""
+        with self._lock:
+            removed = False
+            for channel in sub.channels:
+                subs = self._channels.get(channel)
+                if subs is not None and sub in subs:
+                    subs.discard(sub)
+                    removed = True
+                    if not subs:
+                        del self._channels[channel]
+            if removed:
+                self.connections -= 1
+                self._delivered_by_closed += sub.delivered
+        sub.abort = None
+
+    # -- fan-out (the broadcaster thread) -------------------------------------
+
+    def fan_out(self, batch: list[Published]) -> None:
+        """Hand ``batch`` (in id order) to every local subscriber of its channels.
+
+        Frames of one channel are joined once per batch and that one ``bytes``
+        object is put, as a single item, into every single-channel subscriber's
+        queue. A subscriber of several channels gets the frames of its channels
+        merged in id order (one join per distinct channel set in the batch).
+        A full queue never blocks: its subscriber is dropped as slow.
+        """
+        # A chunk never takes more than a quarter of a queue, so a subscriber
+        # that keeps up always has room for the chunks in flight.
+        step = max(1, self.queue_size // 4)
+        for start in range(0, len(batch), step):
+            self._fan_out(batch[start : start + step])
+
+    def _fan_out(self, batch: list[Published]) -> None:
+        if not batch:
+            return
+        by_channel: dict[str, list[bytes]] = {}
+        for event in batch:
+            by_channel.setdefault(event.channel, []).append(event.frame)
+        with self._lock:
+            self._position = batch[-1].id
+            targets = [
+                (channel, list(subs))
+                for channel in by_channel
+                if (subs := self._channels.get(channel))
+            ]
+        multi: set[Subscription] = set()
+        for channel, listed in targets:
+            frames = by_channel[channel]
+            item: Chunk = (frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+            for sub in listed:
+                if len(sub.channels) > 1:
+                    multi.add(sub)
+                else:
+                    self._offer(sub, item)
+        if multi:
+            merged: dict[frozenset[str], Chunk] = {}
+            for sub in multi:
+                found = merged.get(sub.channels)
+                if found is None:
+                    frames = [event.frame for event in batch if event.channel in sub.channels]
+                    found = merged[sub.channels] = (b"".join(frames), len(frames))
+                self._offer(sub, found)
+
+    def _offer(self, sub: Subscription, item: Chunk) -> None:
+        # An empty queue always takes a chunk, however many events it holds.
+        pending = sub.pending
+        if pending and pending + item[1] > self.queue_size:
+            self._drop_slow(sub)
+            return
+        sub.enqueued += item[1]
+        sub.queue.put_nowait(item)
+
+    def _drop_slow(self, sub: Subscription) -> None:
+        if sub.closed is not None:
+            return
+        with self._lock:
+            self.dropped_slow += 1
+        log.warning(
+            "dropping slow subscriber of %s: %d events queued (SSE_QUEUE_SIZE=%d); "
+            "it will resume from history",
+            ",".join(sorted(sub.channels)), sub.pending, self.queue_size,
+        )
+        self.unsubscribe_and_release(sub)
+
+    def unsubscribe_and_release(self, sub: Subscription) -> None:
+        """End ``sub``'s stream now and free what its queue holds."""
+        abort = sub.abort
+        self.unsubscribe(sub)
+        sub.close("slow", release=True)
+        if abort is not None:
+            abort()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.backend.start(self.fan_out)
+
+    def close(self) -> None:
+        """End every open stream (SIGTERM): clients reconnect, to another worker if need be."""
+        with self._lock:
+            self._closed = True
+            subs = {sub for subs in self._channels.values() for sub in subs}
+        for sub in subs:
+            sub.close("shutdown", release=True)
+        if subs:
+            log.info("closed %d open streams for shutdown", len(subs))
+
+    def stop(self) -> None:
+        """Close every stream and stop the backend's broadcaster."""
+        self.close()
+        if self._started:
+            self.backend.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for ``/stats``, for this process."""
+        with self._lock:
+            per_channel = {channel: len(subs) for channel, subs in self._channels.items()}
+            live = {sub for subs in self._channels.values() for sub in subs}
+            delivered = self._delivered_by_closed + sum(sub.delivered for sub in live)
+            return {
+                "backend": self.backend.name,
+                "subscribers": self.connections,
+                "channels": per_channel,
+                "events_delivered": delivered,
+                "subscribers_dropped_slow": self.dropped_slow,
+                "replays_served": self.replays,
+                "gaps_reported": self.gaps,
+                **self.backend.stats(),
+            }
+
+
+def join_chunks(frames: Iterable[bytes], limit: int = 262144) -> list[Chunk]:
+    """Group frames into chunks of about ``limit`` bytes (replays write few, large chunks)."""
+    chunks: list[Chunk] = []
+    parts: list[bytes] = []
+    size = 0
+    for data in frames:
+        parts.append(data)
+        size += len(data)
+        if size >= limit:
+            chunks.append((b"".join(parts), len(parts)))
+            parts, size = [], 0
+    if parts:
+        chunks.append((b"".join(parts), len(parts)))
+    return chunks

@@ -1,0 +1,56 @@
+"""The hub's exceptions, each with the HTTP status it maps to.
+
+Validation errors subclass :class:`ValueError` (and a data that is not JSON
+serialisable raises the plain :class:`TypeError` from :mod:`json`), so callers
+can catch them the ordinary Python way; :attr:`HubError.status` is what the
+HTTP layer answers with, in one place (:func:`flask_sse_hub.blueprint.error_response`).
+"""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base class of every error the hub raises on purpose."""
+
+    #: HTTP status answered when this error ends a request.
+    status: int = 500
+
+
+class InvalidChannel(HubError, ValueError):
+    """A channel name is not 1-128 characters from ``A-Z a-z 0-9 _ - . : /``."""
+
+    status = 400
+
+
+class TooManyChannels(HubError, ValueError):
+    """A subscribe request names more channels than ``SSE_MAX_CHANNELS``."""
+
+    status = 400
+
+
+class InvalidEventType(HubError, ValueError):
+    """An event type is empty, over 128 characters, has CR/LF/NUL, or starts with ``sse-hub-``."""
+
+    status = 400
+
+
+class InvalidData(HubError, ValueError):
+    """Event data cannot be encoded: lone surrogates, NaN/Infinity in JSON, bad ``retry``."""
+
+    status = 400
+
+
+class EventTooLarge(HubError, ValueError):
+    """The encoded event is larger than ``SSE_MAX_EVENT_BYTES``."""
+
+    status = 413
+
+
+class BackendUnavailable(HubError):
+    """The backplane (Redis) cannot be reached; nothing was published."""
+
+    status = 503
+
+
+class ConfigError(HubError, ValueError):
+    """An ``SSE_*`` setting has a value of the wrong type or range."""

@@ -1,0 +1,180 @@
+"""The standalone hub: ``create_app()`` behind ``gunicorn wsgi:app``.
+
+Routes: ``GET /stream`` (subscribe), ``POST /publish``, ``GET /`` (demo page),
+``GET /healthz``, ``GET /stats``. Settings come from ``SSE_*`` environment
+variables, overridden by the ``config`` mapping given to :func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import sse
+from .blueprint import Hub, error_response
+from .config import from_environ
+from .errors import HubError
+from .wire import Event, make_event
+
+log = logging.getLogger("flask_sse_hub")
+
+#: Fields a ``POST /publish`` event object may have.
+EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
+
+
+class PublishRefused(HubError):
+    """A ``POST /publish`` that is malformed or not allowed; ``status`` says which."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """The standalone hub as a Flask app.
+
+    >>> app = create_app({"SSE_HEARTBEAT_SECONDS": 5})
+    """
+    app = Flask("flask_sse_hub")
+    app.config.update(from_environ())
+    if config:
+        app.config.update(config)
+    _use_gunicorn_logging()
+    app.register_blueprint(sse, url_prefix="/stream")
+    hub = sse.hub(app)
+
+    @app.errorhandler(HubError)
+    def hub_error(exc: HubError) -> Response:
+        if exc.status in (401, 403):
+            log.warning("refused publish from %s: %s", request.remote_addr, exc)
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        response = jsonify(error=exc.description)
+        response.status_code = exc.code or 500
+        return response
+
+    @app.post("/publish")
+    def publish() -> tuple[Response, int]:
+        _check_publisher(hub)
+        events, batch = _parse_publish_body(hub)
+        ids = hub.broker.publish(events)
+        return (jsonify(ids=ids) if batch else jsonify(id=ids[0])), 202
+
+    @app.get("/")
+    def demo() -> str:
+        return render_template("index.html", token_required=hub.config.publish_token is not None)
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        healthy = hub.broker.backend.healthy()
+        return jsonify(
+            status="ok" if healthy else "unavailable",
+            backend=hub.broker.backend.name,
+            subscribers=hub.broker.connections,
+        ), 200 if healthy else 503
+
+    @app.get("/stats")
+    def stats() -> Response:
+        return jsonify(hub.broker.stats())
+
+    return app
+
+
+def _check_publisher(hub: Hub) -> None:
+    token = hub.config.publish_token
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            raise PublishRefused(401, "missing or wrong bearer token")
+        return
+    # A request relayed by a proxy on this host arrives from loopback too; it
+    # is not a local publisher, so forwarding headers disqualify it.
+    forwarded = any(h in request.headers for h in ("Forwarded", "X-Forwarded-For", "X-Real-IP"))
+    if forwarded or not _is_loopback(request.remote_addr):
+        raise PublishRefused(
+            403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
+        )
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
+    """The events of a ``POST /publish`` body, all validated, and whether it was a batch."""
+    if not request.is_json:
+        raise PublishRefused(415, "send the event as JSON (Content-Type: application/json)")
+    request.max_content_length = hub.config.max_publish_bytes
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PublishRefused(
+            413, f"body over {hub.config.max_publish_bytes} bytes (SSE_MAX_PUBLISH_BYTES)"
+        ) from None
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise PublishRefused(400, f"body is not valid JSON: {exc}") from None
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise PublishRefused(400, "empty batch")
+    events = []
+    for index, item in enumerate(items):
+        where = f"events[{index}]: " if isinstance(payload, list) else ""
+        try:
+            events.append(_event_from_json(item, hub))
+        except HubError as exc:
+            raise PublishRefused(exc.status, where + str(exc)) from None
+        except TypeError as exc:
+            raise PublishRefused(400, where + str(exc)) from None
+    return events, isinstance(payload, list)
+
+
+def _event_from_json(item: Any, hub: Hub) -> Event:
+    if not isinstance(item, dict):
+        raise PublishRefused(400, "an event must be a JSON object")
+    unknown = set(item) - EVENT_FIELDS
+    if unknown:
+        raise PublishRefused(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "data" not in item:
+        raise PublishRefused(400, "missing field 'data'")
+    retry = item.get("retry")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int)):
+        raise PublishRefused(400, "'retry' must be an integer number of milliseconds")
+    event = item.get("event")
+    return make_event(
+        item["data"],
+        channel=item.get("channel", "default"),
+        event=event,
+        retry=retry,
+        max_bytes=hub.config.max_event_bytes,
+    )
+
+
+def _use_gunicorn_logging() -> None:
+    """Log through gunicorn's error log when running under it, else to stderr."""
+    ours = logging.getLogger("flask_sse_hub")
+    if ours.handlers:
+        return
+    gunicorn_log = logging.getLogger("gunicorn.error")
+    if gunicorn_log.handlers:
+        ours.handlers = list(gunicorn_log.handlers)
+        ours.setLevel(gunicorn_log.level)
+        ours.propagate = False
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        ours.setLevel(logging.INFO)

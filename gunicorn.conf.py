@@ -1,0 +1,62 @@
+"""gunicorn settings for the standalone hub (``gunicorn wsgi:app`` reads this file).
+
+Environment: ``SSE_BIND`` (default 127.0.0.1:8000), ``WEB_CONCURRENCY``
+(default 1), ``SSE_GRACEFUL_TIMEOUT`` (default 10 s), ``SSE_WORKER_CONNECTIONS``
+(default 20000), and the hub's own ``SSE_*`` settings.
+"""
+
+import os
+import resource
+import signal
+import sys
+from typing import Any
+
+bind = os.environ.get("SSE_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "gevent"
+# Each open stream is one greenlet and one connection.
+worker_connections = int(os.environ.get("SSE_WORKER_CONNECTIONS", "20000"))
+graceful_timeout = int(os.environ.get("SSE_GRACEFUL_TIMEOUT", "10"))
+# The worker heartbeat to the master; streams themselves never time out here.
+timeout = 30
+keepalive = 5
+accesslog = os.environ.get("SSE_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("SSE_LOG_LEVEL", "info")
+
+if workers > 1 and not os.environ.get("SSE_REDIS_URL"):
+    sys.exit(
+        f"flask-sse-hub: refusing WEB_CONCURRENCY={workers} with the memory backend: events "
+        "published in one worker would never reach the streams of another. Set SSE_REDIS_URL "
+        "to use Redis as the backplane, or run one worker (it holds thousands of streams)."
+    )
+
+
+def on_starting(server: Any) -> None:
+    # Thousands of streams need thousands of file descriptors.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        server.log.info("raised the open-file limit from %s to %s", soft, hard)
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end the open streams at once so clients reconnect elsewhere.
+
+    gunicorn's worker only stops accepting on SIGTERM and then waits up to the
+    graceful timeout for responses to finish, which a stream never does.
+    """
+    import gevent
+
+    from flask_sse_hub import shutdown
+
+    stop_worker = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if callable(stop_worker):
+            stop_worker(signum, frame)
+        # In a greenlet of its own: a signal handler runs in the event loop,
+        # where nothing may block (and it may interrupt a lock holder).
+        gevent.spawn(shutdown, worker.wsgi)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
