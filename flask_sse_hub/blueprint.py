@@ -42,9 +42,9 @@ STREAM_HEADERS = {
 class Hub:
     """What one :class:`SSEBlueprint` owns in one app: its settings and its broker."""
 
-    def __init__(self, config: HubConfig) -> None:
+    def __init__(self, config: HubConfig, name: str = "sse") -> None:
         self.config = config
-        self.broker = Broker(make_backend(config), queue_size=config.queue_size)
+        self.broker = Broker(make_backend(config, name), queue_size=config.queue_size)
         self.preamble = encode_preamble(config.retry_ms)
         self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
 
@@ -106,7 +106,7 @@ class SSEBlueprint(Blueprint):
             return
         set_defaults(app.config)
         config = HubConfig.from_mapping(app.config)
-        hubs[self.name] = Hub(config)
+        hubs[self.name] = Hub(config, self.name)
         log.info("hub %r ready: %s", self.name, config.summary())
 
     def hub(self, app: Flask | None = None) -> Hub:

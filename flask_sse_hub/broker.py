@@ -27,9 +27,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from .wire import Event
+from .wire import Event, encode_gap
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -104,19 +104,32 @@ class Subscription:
         self.queue.put_nowait(CLOSE)
 
 
+class Sink(Protocol):
+    """What a backend's broadcaster feeds: the :class:`Broker`."""
+
+    def fan_out(self, batch: list[Published]) -> None:
+        """Deliver a batch of events, in id order, to the local subscribers."""
+
+    def set_position(self, position: str) -> None:
+        """Where the broadcaster starts: every later event will come through fan_out."""
+
+    def broadcast_gap(self, last_id: str) -> None:
+        """Events after ``last_id`` were lost to this process: tell every subscriber."""
+
+
 class Backend(ABC):
     """Where published events go and where fanned-out events come from.
 
     A backend assigns ids, keeps the history, and runs ONE broadcaster thread
     per process that hands batches of :class:`Published` events, in id order,
-    to the callback given to :meth:`start`.
+    to the sink given to :meth:`start`.
     """
 
     name: str
 
     @abstractmethod
-    def start(self, deliver: Callable[[list[Published]], None]) -> None:
-        """Start the broadcaster thread; it calls ``deliver`` with each batch."""
+    def start(self, sink: Sink) -> None:
+        """Start the broadcaster thread, feeding ``sink``."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -259,6 +272,17 @@ class Broker:
                     found = merged[sub.channels] = (b"".join(frames), len(frames))
                 self._offer(sub, found)
 
+    def set_position(self, position: str) -> None:
+        with self._lock:
+            self._position = position
+
+    def broadcast_gap(self, last_id: str) -> None:
+        with self._lock:
+            subs = {sub for subs in self._channels.values() for sub in subs}
+        item = (encode_gap(last_id, None), 1)
+        for sub in subs:
+            self._offer(sub, item)
+
     def _offer(self, sub: Subscription, item: Chunk) -> None:
         # An empty queue always takes a chunk, however many events it holds.
         pending = sub.pending
@@ -297,7 +321,7 @@ class Broker:
             if self._started:
                 return
             self._started = True
-        self.backend.start(self.fan_out)
+        self.backend.start(self)
 
     def close(self) -> None:
         """End every open stream (SIGTERM): clients reconnect, to another worker if need be."""

@@ -7,10 +7,23 @@ from ..config import HubConfig
 from ..errors import ConfigError
 
 
-def make_backend(config: HubConfig) -> Backend:
-    """The backend ``config`` asks for: Redis when ``SSE_REDIS_URL`` is set, else memory."""
+def make_backend(config: HubConfig, name: str = "sse") -> Backend:
+    """The backend ``config`` asks for: Redis when ``SSE_REDIS_URL`` is set, else memory.
+
+    ``name`` (the blueprint's) names the Redis stream, so that every app and
+    worker using the same blueprint name on one Redis shares one hub.
+    """
     if config.redis_url:
-        raise ConfigError("SSE_REDIS_URL is set, but the Redis backend is not built yet")
+        try:
+            from .redis import RedisBackend  # redis-py is an optional extra
+        except ImportError as exc:
+            raise ConfigError(
+                f"SSE_REDIS_URL is set but redis-py is missing ({exc}): "
+                "pip install 'flask-sse-hub[redis]'"
+            ) from None
+        return RedisBackend(
+            config.redis_url, history_size=config.history_size, key=f"flask-sse-hub:{name}"
+        )
     from .memory import MemoryBackend
 
     return MemoryBackend(history_size=config.history_size)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..broker import Backend, Published, Replay
+from ..broker import Backend, Published, Replay, Sink
 from ..wire import Event, frame
 
 log = logging.getLogger("flask_sse_hub")
@@ -41,9 +41,9 @@ class MemoryBackend(Backend):
         self._thread: threading.Thread | None = None
         self.published = 0
 
-    def start(self, deliver: Callable[[list[Published]], None]) -> None:
+    def start(self, sink: Sink) -> None:
         self._thread = threading.Thread(
-            target=self._broadcast, args=(deliver,), name="sse-broadcaster", daemon=True
+            target=self._broadcast, args=(sink.fan_out,), name="sse-broadcaster", daemon=True
         )
         self._thread.start()
         log.info("memory backend started (epoch %s)", self.epoch)
