@@ -143,6 +143,14 @@ class Backend(ABC):
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
         """The retained events of ``channels`` after ``last_id``, up to ``upto`` included."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the broadcaster knows where it starts; False if it does not in time.
+
+        A subscription registered before that could miss the events published
+        meanwhile, and a replay would have no position to end at.
+        """
+        return True
+
     @abstractmethod
     def healthy(self) -> bool:
         """True when publishing would currently succeed."""
@@ -188,6 +196,7 @@ class Broker:
     ]:
         """Register a subscription; with ``last_id``, also compute what it missed."""
         self._ensure_started()
+        self.backend.wait_ready(timeout=3.0)
         sub = Subscription(channels)
         with self._lock:
             if self._closed:

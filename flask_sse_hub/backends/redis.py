@@ -81,6 +81,7 @@ class RedisBackend(Backend):
             connection_pool=self._pool, retry=Retry(ExponentialBackoff(cap=0.2), 1),
         )
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy = True
         self.published = 0
@@ -173,6 +174,7 @@ class RedisBackend(Backend):
             newest: Any = conn.xrevrange(self.key, count=1)
             position = newest[0][0].decode() if newest else "0-0"
             sink.set_position(position)
+            self._ready.set()
             return position
         if not self._is_position(conn, last_id):
             log.warning("Redis lost the events after %s (restarted or trimmed)", last_id)
@@ -191,6 +193,9 @@ class RedisBackend(Backend):
                 return True
             return info.get("max-deleted-entry-id", b"0-0") in (b"0-0", "0-0")
         return _is_stream_id(event_id) and bool(conn.xrange(self.key, event_id, event_id))
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
 
     # -- replay ---------------------------------------------------------------
 
