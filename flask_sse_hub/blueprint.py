@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import click
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
 from .backends import make_backend
 from .broker import Broker, Replay, Subscription, join_chunks
+from .cli import add_commands
 from .config import HubConfig, set_defaults
 from .errors import HubError, TooManyChannels
 from .wire import (
@@ -89,7 +89,7 @@ class SSEBlueprint(Blueprint):
         self.add_url_rule("", "stream", self._stream_view, methods=["GET"])
         self.record(self._create_hub)
         self.register_error_handler(HubError, error_response)
-        self._add_cli()
+        add_commands(self)
 
     # -- registration -------------------------------------------------------
 
@@ -184,30 +184,6 @@ class SSEBlueprint(Blueprint):
             _stream(hub, sub, replay, last_id, sock),
             mimetype="text/event-stream", headers=STREAM_HEADERS,
         )
-
-    # -- CLI ----------------------------------------------------------------
-
-    def _add_cli(self) -> None:
-        @self.cli.command("publish")
-        @click.argument("channel")
-        @click.argument("data")
-        @click.option("--event", default=None, help="Event type (default: message).")
-        @click.option("--json", "as_json", is_flag=True, help="DATA is JSON: send it parsed.")
-        def publish_command(channel: str, data: str, event: str | None, as_json: bool) -> None:
-            """Publish DATA to CHANNEL and print the event id."""
-            import json
-
-            hub = self.hub()
-            if hub.config.redis_url is None:
-                click.echo(
-                    "warning: memory backend: only subscribers of this process receive it; "
-                    "set SSE_REDIS_URL to reach a running hub", err=True,
-                )
-            try:
-                payload = json.loads(data) if as_json else data
-                click.echo(hub.publish(payload, channel=channel, event=event))
-            except (ValueError, TypeError, HubError) as exc:
-                raise click.ClickException(str(exc)) from None
 
 
 def _aborter(sock: socket.socket) -> Callable[[], None]:
