@@ -238,20 +238,21 @@ def _stream(
         while sub.closed is None:
             timeout = interval
             if deadline is not None:
-                timeout = min(timeout, deadline - time.monotonic())
+                timeout = deadline - time.monotonic()
                 if timeout <= 0:
-                    return
+                    break
+                timeout = min(timeout, interval)
             try:
                 item = q.get(timeout=timeout)
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
-                    return
+                    break
                 if _peer_closed(sock):
-                    return
+                    break
                 yield heartbeat
                 continue
             if item is None or sub.closed is not None:
-                return
+                break
             chunk, count = item
             # Coalesce what queued up while we were writing into one write.
             if sub.enqueued - sub.dequeued > count:
@@ -270,5 +271,16 @@ def _stream(
             sub.dequeued += count
             yield chunk
             sub.delivered += count
+        # The hub ends this stream (age, shutdown, slow): make the server close
+        # the connection after the last chunk instead of keeping it alive, so
+        # the client's reconnect opens a new one — to another worker, maybe.
+        _end_of_requests(sock)
     finally:
         broker.unsubscribe(sub)
+
+
+def _end_of_requests(sock: Any) -> None:
+    """Shut the read side: the server's wait for a next request on it sees EOF at once."""
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)

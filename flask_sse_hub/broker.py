@@ -143,6 +143,15 @@ class Backend(ABC):
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
         """The retained events of ``channels`` after ``last_id``, up to ``upto`` included."""
 
+    def is_ahead(self, event_id: str, position: str | None) -> bool:
+        """True when ``event_id`` was published but not yet fanned out (beyond ``position``).
+
+        A client may resume from an id that ``publish()`` just returned; the
+        broker then waits for the broadcaster to pass it, so that the replay
+        ends at or after it and nothing up to it arrives live a second time.
+        """
+        return False
+
     def wait_ready(self, timeout: float) -> bool:
         """Wait until the broadcaster knows where it starts; False if it does not in time.
 
@@ -174,6 +183,8 @@ class Broker:
         self._lock = threading.Lock()
         self._channels: dict[str, set[Subscription]] = {}
         self._position: str | None = None
+        # Notified when the position advances; see Backend.is_ahead.
+        self._advanced = threading.Condition(self._lock)
         self._started = False
         self._closed = False
         self.connections = 0
@@ -199,6 +210,10 @@ class Broker:
         self.backend.wait_ready(timeout=3.0)
         sub = Subscription(channels)
         with self._lock:
+            if last_id is not None and self.backend.is_ahead(last_id, self._position):
+                self._advanced.wait_for(
+                    lambda: not self.backend.is_ahead(last_id, self._position), timeout=3.0
+                )
             if self._closed:
                 sub.close("shutdown", release=False)
             for channel in sub.channels:
@@ -258,6 +273,7 @@ class Broker:
             by_channel.setdefault(event.channel, []).append(event.frame)
         with self._lock:
             self._position = batch[-1].id
+            self._advanced.notify_all()
             targets = [
                 (channel, list(subs))
                 for channel in by_channel

@@ -32,9 +32,10 @@ EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
 class PublishRefused(HubError):
     """A ``POST /publish`` that is malformed or not allowed; ``status`` says which."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
+        self.headers = headers or {}
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -54,12 +55,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def hub_error(exc: HubError) -> Response:
         if exc.status in (401, 403):
             log.warning("refused publish from %s: %s", request.remote_addr, exc)
-        return error_response(exc)
+        response = error_response(exc)
+        response.headers.update(getattr(exc, "headers", {}))
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         response = jsonify(error=exc.description)
         response.status_code = exc.code or 500
+        # Keep what the status requires, e.g. Allow on 405.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
         return response
 
     @app.post("/publish")
@@ -96,7 +103,9 @@ def _check_publisher(hub: Hub) -> None:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             given.strip().encode(), token.encode()
         ):
-            raise PublishRefused(401, "missing or wrong bearer token")
+            raise PublishRefused(
+                401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="publish"'}
+            )
         return
     # A request relayed by a proxy on this host arrives from loopback too; it
     # is not a local publisher, so forwarding headers disqualify it.
@@ -118,13 +127,17 @@ def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
     """The events of a ``POST /publish`` body, all validated, and whether it was a batch."""
     if not request.is_json:
         raise PublishRefused(415, "send the event as JSON (Content-Type: application/json)")
-    request.max_content_length = hub.config.max_publish_bytes
+    limit = hub.config.max_publish_bytes
+    too_large = PublishRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
+    # One byte over the limit is read so that a chunked body (no Content-Length),
+    # which Werkzeug cuts at the limit without a word, is seen to be too large.
+    request.max_content_length = limit + 1
     try:
         raw = request.get_data(cache=True)
     except RequestEntityTooLarge:
-        raise PublishRefused(
-            413, f"body over {hub.config.max_publish_bytes} bytes (SSE_MAX_PUBLISH_BYTES)"
-        ) from None
+        raise too_large from None
+    if len(raw) > limit:
+        raise too_large
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting

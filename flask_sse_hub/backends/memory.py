@@ -99,6 +99,10 @@ class MemoryBackend(Backend):
             return None
         return int(seq)
 
+    def is_ahead(self, event_id: str, position: str | None) -> bool:
+        seq = self._sequence_of(event_id)
+        return seq is not None and (self._sequence_of(position) or 0) < seq <= self._seq
+
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
         after = self._sequence_of(last_id)
         until = self._sequence_of(upto) or 0

@@ -86,6 +86,8 @@ class RedisBackend(Backend):
         self._healthy = True
         self.published = 0
         self.reconnects = 0
+        #: The newest id this process published (is_ahead only knows its own).
+        self._last_published = "0-0"
 
     # -- publishing ---------------------------------------------------------
 
@@ -102,7 +104,10 @@ class RedisBackend(Backend):
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis unavailable, nothing published: {exc}") from None
         self.published += len(ids)
-        return [cast(bytes, event_id).decode() for event_id in ids]
+        decoded = [cast(bytes, event_id).decode() for event_id in ids]
+        if decoded and _stream_key(decoded[-1]) > _stream_key(self._last_published):
+            self._last_published = decoded[-1]
+        return decoded
 
     # -- the broadcaster ----------------------------------------------------
 
@@ -193,6 +198,15 @@ class RedisBackend(Backend):
                 return True
             return info.get("max-deleted-entry-id", b"0-0") in (b"0-0", "0-0")
         return _is_stream_id(event_id) and bool(conn.xrange(self.key, event_id, event_id))
+
+    def is_ahead(self, event_id: str, position: str | None) -> bool:
+        # No Redis round trip here (called under the broker's lock): an id
+        # beyond the position that Redis does not know is caught by replay().
+        return (
+            position is not None and _is_stream_id(event_id)
+            and _stream_key(event_id) > _stream_key(position)
+            and _stream_key(event_id) <= _stream_key(self._last_published)
+        )
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)

@@ -1,0 +1,1 @@
+"""Integration tests: the real ``gunicorn`` (gevent worker) driven over real sockets."""
