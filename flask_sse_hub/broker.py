@@ -144,12 +144,17 @@ class Backend(ABC):
         """The retained events of ``channels`` after ``last_id``, up to ``upto`` included."""
 
     def is_ahead(self, event_id: str, position: str | None) -> bool:
-        """True when ``event_id`` was published but not yet fanned out (beyond ``position``).
+        """True when ``event_id`` was published but not yet fanned out here (may do I/O).
 
-        A client may resume from an id that ``publish()`` just returned; the
-        broker then waits for the broadcaster to pass it, so that the replay
-        ends at or after it and nothing up to it arrives live a second time.
+        A client may resume from an id that ``publish()`` just returned, or that
+        another worker already delivered; the broker then waits for this
+        broadcaster to pass it, so that the replay ends at or after it and
+        nothing up to it arrives live a second time.
         """
+        return False
+
+    def is_beyond(self, event_id: str, position: str | None) -> bool:
+        """True when ``event_id`` comes after ``position`` (a comparison, no I/O)."""
         return False
 
     def wait_ready(self, timeout: float) -> bool:
@@ -208,12 +213,13 @@ class Broker:
         """Register a subscription; with ``last_id``, also compute what it missed."""
         self._ensure_started()
         self.backend.wait_ready(timeout=3.0)
+        if last_id is not None and self.backend.is_ahead(last_id, self._position):
+            with self._lock:
+                self._advanced.wait_for(
+                    lambda: not self.backend.is_beyond(last_id, self._position), timeout=3.0
+                )
         sub = Subscription(channels)
         with self._lock:
-            if last_id is not None and self.backend.is_ahead(last_id, self._position):
-                self._advanced.wait_for(
-                    lambda: not self.backend.is_ahead(last_id, self._position), timeout=3.0
-                )
             if self._closed:
                 sub.close("shutdown", release=False)
             for channel in sub.channels:

@@ -101,7 +101,11 @@ class MemoryBackend(Backend):
 
     def is_ahead(self, event_id: str, position: str | None) -> bool:
         seq = self._sequence_of(event_id)
-        return seq is not None and (self._sequence_of(position) or 0) < seq <= self._seq
+        return self.is_beyond(event_id, position) and seq is not None and seq <= self._seq
+
+    def is_beyond(self, event_id: str, position: str | None) -> bool:
+        seq = self._sequence_of(event_id)
+        return seq is not None and seq > (self._sequence_of(position) or 0)
 
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
         after = self._sequence_of(last_id)

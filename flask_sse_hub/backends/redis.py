@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from ..broker import Backend, Published, Replay, Sink
 from ..errors import BackendUnavailable
@@ -35,6 +35,7 @@ from ..wire import Event, frame
 log = logging.getLogger("flask_sse_hub")
 
 _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_U64_MAX = 2**64 - 1
 #: How long one XREAD blocks, so that stop() is noticed and the connection checked.
 _BLOCK_MS = 2000
 #: Pool connections for publishes, replays and health checks (per worker).
@@ -42,12 +43,39 @@ POOL_SIZE = 4
 
 
 def _is_stream_id(value: str) -> bool:
-    return _STREAM_ID.fullmatch(value) is not None
+    """True for ``<ms>-<seq>`` with both parts in Redis's 64-bit range."""
+    return _STREAM_ID.fullmatch(value) is not None and max(_stream_key(value)) <= _U64_MAX
 
 
 def _stream_key(value: str) -> tuple[int, int]:
     ms, _, seq = value.partition("-")
     return int(ms), int(seq)
+
+
+def _previous_id(value: str) -> str:
+    """The greatest id below ``value``: no entry can lie between the two."""
+    ms, seq = _stream_key(value)
+    if seq:
+        return f"{ms}-{seq - 1}"
+    return f"{ms - 1}-{_U64_MAX}" if ms else "0-0"
+
+
+# Publishing is idempotent per call: the ids of a batch are stored under a
+# token for a while, so a retry after a lost reply returns them instead of
+# adding the events twice (a 503 answer then never hides a stored event).
+_PUBLISH_SCRIPT = """
+local done = redis.call('GET', KEYS[2])
+if done then return cjson.decode(done) end
+local ids = {}
+for i = 2, #ARGV, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                             'c', ARGV[i], 'b', ARGV[i + 1])
+end
+redis.call('SET', KEYS[2], cjson.encode(ids), 'EX', 30)
+return ids
+"""
+#: Attempts of one publish when the connection fails (the same token each time).
+_PUBLISH_ATTEMPTS = 3
 
 
 def _decode(entries: Any, channels: frozenset[str] | None = None) -> list[Published]:
@@ -75,38 +103,43 @@ class RedisBackend(Backend):
             url, max_connections=POOL_SIZE, timeout=5,
             socket_connect_timeout=2, socket_timeout=5,
         )
-        # One retry on a fresh connection: after a Redis restart the pooled
-        # connections are dead, and the first command on each would fail.
-        self._client = redis.Redis(
-            connection_pool=self._pool, retry=Retry(ExponentialBackoff(cap=0.2), 1),
-        )
+        # No retries inside redis-py: publish retries itself, idempotently.
+        self._client = redis.Redis(connection_pool=self._pool)
+        self._publish_script = self._client.register_script(_PUBLISH_SCRIPT)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy = True
         self.published = 0
         self.reconnects = 0
-        #: The newest id this process published (is_ahead only knows its own).
-        self._last_published = "0-0"
+
 
     # -- publishing ---------------------------------------------------------
 
     def publish(self, events: Sequence[Event]) -> list[str]:
-        try:
-            with self._client.pipeline(transaction=False) as pipe:
-                for event in events:
-                    fields: dict[str | bytes, str | bytes] = {"c": event.channel, "b": event.body}
-                    pipe.xadd(
-                        self.key, cast(Any, fields),
-                        maxlen=self.history_size, approximate=True,
+        args: list[str | bytes | int] = [self.history_size]
+        for event in events:
+            args += [event.channel, event.body]
+        token = f"{self.key}:published:{secrets.token_hex(12)}"
+        sent = False  # whether any attempt got as far as sending the script
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                ids = self._publish_script(keys=[self.key, token], args=args)
+                break
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # redis-py says "connecting to" when nothing was sent at all.
+                sent = sent or "connecting to" not in str(exc)
+                if attempt + 1 == _PUBLISH_ATTEMPTS:
+                    outcome = (
+                        "the event(s) may have been published; do not retry blindly"
+                        if sent else "nothing was published"
                     )
-                ids = pipe.execute()
-        except redis.RedisError as exc:
-            raise BackendUnavailable(f"Redis unavailable, nothing published: {exc}") from None
-        self.published += len(ids)
-        decoded = [cast(bytes, event_id).decode() for event_id in ids]
-        if decoded and _stream_key(decoded[-1]) > _stream_key(self._last_published):
-            self._last_published = decoded[-1]
+                    raise BackendUnavailable(f"Redis unavailable ({exc}): {outcome}") from None
+                time.sleep(0.1 * (attempt + 1))
+            except redis.RedisError as exc:  # e.g. OOM: Redis refused the script
+                raise BackendUnavailable(f"Redis refused the publish: {exc}") from None
+        decoded = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        self.published += len(decoded)
         return decoded
 
     # -- the broadcaster ----------------------------------------------------
@@ -181,32 +214,53 @@ class RedisBackend(Backend):
             sink.set_position(position)
             self._ready.set()
             return position
-        if not self._is_position(conn, last_id):
+        if not self._locate(conn, last_id)[0]:
             log.warning("Redis lost the events after %s (restarted or trimmed)", last_id)
             sink.broadcast_gap(last_id)
         return last_id
 
-    def _is_position(self, conn: redis.Redis, event_id: str) -> bool:
-        """True when resuming after ``event_id`` misses nothing: it is still in the stream.
+    def _locate(self, conn: redis.Redis, event_id: str) -> tuple[bool, str]:
+        """Whether resuming after ``event_id`` misses nothing, and the gap position.
 
-        ``0-0`` (before the first event) qualifies while nothing was ever trimmed.
+        A known position is an id still in the stream, the id just before the
+        oldest retained entry (what a gap event carries: nothing can lie
+        between the two), or ``0-0`` while nothing was ever trimmed. The gap
+        position is that id just before the oldest entry (``0-0`` when empty).
+        One round trip.
         """
-        if event_id == "0-0":
-            try:
-                info: Any = conn.xinfo_stream(self.key)
-            except redis.ResponseError:  # no such key: nothing was ever trimmed
-                return True
-            return info.get("max-deleted-entry-id", b"0-0") in (b"0-0", "0-0")
-        return _is_stream_id(event_id) and bool(conn.xrange(self.key, event_id, event_id))
+        valid = _is_stream_id(event_id)
+        with conn.pipeline(transaction=False) as pipe:
+            if valid:
+                pipe.xrange(self.key, event_id, event_id)
+            pipe.xinfo_stream(self.key)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        info = replies[-1]
+        if isinstance(info, redis.ResponseError):  # no such key: an empty stream
+            return event_id == "0-0", "0-0"
+        if isinstance(info, Exception):
+            raise info
+        first_entry = info.get("first-entry")
+        first = first_entry[0].decode() if first_entry else None
+        position = _previous_id(first) if first else "0-0"
+        untrimmed = info.get("entries-added") == info.get("length")
+        known = valid and (
+            bool(replies[0]) or event_id == position or (event_id == "0-0" and untrimmed)
+        )
+        return known, position
+
+    def is_beyond(self, event_id: str, position: str | None) -> bool:
+        return _is_stream_id(event_id) and (
+            position is None or _stream_key(event_id) > _stream_key(position)
+        )
 
     def is_ahead(self, event_id: str, position: str | None) -> bool:
-        # No Redis round trip here (called under the broker's lock): an id
-        # beyond the position that Redis does not know is caught by replay().
-        return (
-            position is not None and _is_stream_id(event_id)
-            and _stream_key(event_id) > _stream_key(position)
-            and _stream_key(event_id) <= _stream_key(self._last_published)
-        )
+        if not self.is_beyond(event_id, position):
+            return False
+        # Published (by any worker) but not read by this one's broadcaster yet?
+        try:
+            return bool(self._client.xrange(self.key, event_id, event_id))
+        except redis.RedisError:
+            return False
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
@@ -217,19 +271,20 @@ class RedisBackend(Backend):
         if upto is None:  # the broadcaster has not reached Redis yet
             raise BackendUnavailable("Redis unavailable, cannot replay yet")
         try:
+            known, position = self._locate(self._client, last_id)
             entries: Any
-            if self._is_position(self._client, last_id):
+            # Still beyond ``upto`` (the broker waited for it in vain): history
+            # and live events would overlap, so this too is reported as a gap.
+            if known and not self.is_beyond(last_id, upto):
                 entries = (
                     self._client.xrange(self.key, "(" + last_id, upto)
                     if _stream_key(upto) > _stream_key(last_id) else []
                 )
                 return Replay(_decode(entries, channels))
-            # Unknown, garbage, or trimmed: tell the client, then give it what is retained.
             entries = self._client.xrange(self.key, "-", upto)
         except redis.RedisError as exc:
             raise BackendUnavailable(f"Redis unavailable, cannot replay: {exc}") from None
-        events = _decode(entries, channels)
-        return Replay(events, gap=True, gap_position=None if events else upto)
+        return Replay(_decode(entries, channels), gap=True, gap_position=position)
 
     # -- health ---------------------------------------------------------------
 

@@ -104,3 +104,73 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
         redis_server.start()
     redis_server.command("FLUSHALL")
     yield redis_server.url
+
+
+# -- Added for the Redis integration tests (test_*.py here). Appended only, with its
+# imports local, so that the fixtures above stay as they are.
+
+#: The Redis stream of the standalone hub (blueprint "sse"): ``flask-sse-hub:<name>``.
+HUB_STREAM = "flask-sse-hub:sse"
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[object]:
+    """A redis-py client of the tests' own Redis (flushed for this test), for inspection."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True)
+    yield client
+    client.close()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gunicorn master and its workers), from /proc."""
+    import contextlib
+
+    found = [pid]
+    for parent in found:  # grows while iterating: breadth-first
+        tasks = Path(f"/proc/{parent}/task")
+        with contextlib.suppress(OSError):
+            for task in tasks.iterdir():
+                with contextlib.suppress(OSError):
+                    found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def redis_connections_by_pid(
+    clients: list[dict[str, str]], pids: list[int], redis_port: int,
+) -> dict[int, int]:
+    """How many of Redis's ``CLIENT LIST`` entries each of ``pids`` holds.
+
+    Redis names each client by its address (127.0.0.1:<port>); /proc/net/tcp
+    maps that local port to a socket inode, and /proc/<pid>/fd the inode to
+    the process holding it. Clients of other processes are not counted.
+    """
+    import contextlib
+    import os
+
+    ports = {int(client["addr"].rsplit(":", 1)[1]) for client in clients}
+    inode_of_port: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)  # the header
+            for line in lines:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                peer = int(fields[2].rsplit(":", 1)[1], 16)
+                # 01: ESTABLISHED; a closed socket of the same port has inode 0.
+                if port in ports and peer == redis_port and fields[3] == "01":
+                    inode_of_port[port] = fields[9]
+    owner_of_inode: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owner_of_inode[target[len("socket:[") : -1]] = pid
+    counts = dict.fromkeys(pids, 0)
+    for port in ports:
+        owner = owner_of_inode.get(inode_of_port.get(port, ""))
+        if owner is not None:
+            counts[owner] += 1
+    return counts
