@@ -180,10 +180,14 @@ class SSEBlueprint(Blueprint):
         sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         if isinstance(sock, socket.socket):
             sub.abort = _aborter(sock)
-        return Response(
+        response = Response(
             _stream(hub, sub, replay, last_id, sock),
             mimetype="text/event-stream", headers=STREAM_HEADERS,
         )
+        # Also when the server closes the response without ever iterating it
+        # (a generator that never started runs no ``finally``).
+        response.call_on_close(lambda: hub.broker.unsubscribe(sub))
+        return response
 
 
 def _aborter(sock: socket.socket) -> Callable[[], None]:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -110,10 +111,23 @@ class HubConfig:
             value = getattr(self, key[len("SSE_"):].lower())
             if key == "SSE_PUBLISH_TOKEN" and value:
                 value = "***"
-            elif key == "SSE_REDIS_URL" and value and "@" in value:
-                value = value.split("://", 1)[0] + "://***@" + value.rsplit("@", 1)[1]
+            elif key == "SSE_REDIS_URL" and value:
+                value = _mask_url(value)
             shown.append(f"{key}={value}")
         return " ".join(shown)
+
+
+def _mask_url(url: str) -> str:
+    """``url`` without its password (in the user part or a ``password=`` query)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
+        safe="*",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def set_defaults(config: MutableMapping[str, Any]) -> None:

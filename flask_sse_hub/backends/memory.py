@@ -65,8 +65,9 @@ class MemoryBackend(Backend):
                 self._history.append((self._seq, published))
                 batch.append(published)
             self.published += len(batch)
-            self._inbox.put(batch)
-        return [event.id for event in batch]
+            ids = [event.id for event in batch]
+            self._inbox.put(batch)  # the broadcaster owns ``batch`` from here on
+        return ids
 
     def _broadcast(self, deliver: Callable[[list[Published]], None]) -> None:
         inbox = self._inbox
@@ -95,7 +96,7 @@ class MemoryBackend(Backend):
         if event_id is None:
             return None
         epoch, _, seq = event_id.partition("-")
-        if epoch != self.epoch or not seq.isdigit() or len(seq) > 18:
+        if epoch != self.epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
             return None
         return int(seq)
 
