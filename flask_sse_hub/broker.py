@@ -188,8 +188,11 @@ class Broker:
         self._lock = threading.Lock()
         self._channels: dict[str, set[Subscription]] = {}
         self._position: str | None = None
-        # Notified when the position advances; see Backend.is_ahead.
+        # Notified when the position advances, only while someone waits (see
+        # Backend.is_ahead): Condition.notify checks ownership with a failing
+        # non-blocking acquire, which under gevent yields while holding the lock.
         self._advanced = threading.Condition(self._lock)
+        self._waiting = 0
         self._started = False
         self._closed = False
         self.connections = 0
@@ -215,9 +218,13 @@ class Broker:
         self.backend.wait_ready(timeout=3.0)
         if last_id is not None and self.backend.is_ahead(last_id, self._position):
             with self._lock:
-                self._advanced.wait_for(
-                    lambda: not self.backend.is_beyond(last_id, self._position), timeout=3.0
-                )
+                self._waiting += 1
+                try:
+                    self._advanced.wait_for(
+                        lambda: not self.backend.is_beyond(last_id, self._position), timeout=3.0
+                    )
+                finally:
+                    self._waiting -= 1
         sub = Subscription(channels)
         with self._lock:
             if self._closed:
@@ -279,7 +286,8 @@ class Broker:
             by_channel.setdefault(event.channel, []).append(event.frame)
         with self._lock:
             self._position = batch[-1].id
-            self._advanced.notify_all()
+            if self._waiting:
+                self._advanced.notify_all()
             targets = [
                 (channel, list(subs))
                 for channel in by_channel
@@ -306,6 +314,8 @@ class Broker:
     def set_position(self, position: str) -> None:
         with self._lock:
             self._position = position
+            if self._waiting:
+                self._advanced.notify_all()
 
     def broadcast_gap(self, last_id: str) -> None:
         with self._lock:

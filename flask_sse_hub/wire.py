@@ -64,6 +64,11 @@ def validate_event_type(event: object) -> str:
         )
     if _FORBIDDEN_IN_TYPE.search(event):
         raise InvalidEventType(f"event type {_preview(event)} contains CR, LF or NUL")
+    if not event.isascii():
+        try:
+            event.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventType(f"event type {_preview(event)} is not valid Unicode") from None
     if event.startswith(RESERVED_TYPE_PREFIX):
         raise InvalidEventType(f"event types starting with {RESERVED_TYPE_PREFIX!r} are reserved")
     return event

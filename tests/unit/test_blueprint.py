@@ -1,0 +1,757 @@
+"""SPEC §2 and §3 through Flask's test client: blueprint, publish(), CLI, standalone app.
+
+Streams are opened with ``buffered=False`` and read chunk by chunk from the
+response iterator (the test client has already pulled the first chunk, the
+preamble); closing the response closes the generator, which unsubscribes.
+Every app gets a short heartbeat, so a read never blocks for long and each
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from flask import Flask, request
+from werkzeug.test import EnvironBuilder, TestResponse
+
+import flask_sse_hub
+from flask_sse_hub import (
+    BackendUnavailable,
+    EventTooLarge,
+    InvalidChannel,
+    InvalidEventType,
+    SSEBlueprint,
+)
+from flask_sse_hub.config import DEFAULTS
+from flask_sse_hub.server import create_app
+from tests.support.sse_parser import Event, EventStreamParser
+
+WAIT = 10.0  # seconds: the bound on every wait
+HEARTBEAT = 0.2  # SSE_HEARTBEAT_SECONDS in these apps: how long one read may block
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+}
+
+
+class OpenStream:
+    """A subscribe response being read, as a browser's EventSource would parse it."""
+
+    def __init__(self, response: TestResponse) -> None:
+        assert response.status_code == 200, response.get_data(as_text=True)
+        self.response = response
+        self._chunks = iter(response.response)
+        self.parser = EventStreamParser()
+        self.first_chunk = next(self._chunks)
+        self.events: list[Event] = self.parser.feed(self.first_chunk)
+
+    def read(self, count: int, timeout: float = WAIT) -> list[Event]:
+        """The first ``count`` events of the stream, waiting for them (bounded)."""
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"got {len(self.events)} of {count} events")
+            try:
+                chunk = next(self._chunks)  # a heartbeat at the latest after HEARTBEAT s
+            except StopIteration:
+                raise EOFError(f"stream ended after {len(self.events)} events") from None
+            self.events += self.parser.feed(chunk)
+        return self.events[:count]
+
+    def next_chunk(self) -> bytes:
+        """The next chunk the server writes (events, or a heartbeat when idle)."""
+        chunk: bytes = next(self._chunks)
+        self.events += self.parser.feed(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def subscribers(app: Flask, name: str = "sse") -> int:
+    count: int = flask_sse_hub.hubs(app)[name].broker.stats()["subscribers"]
+    return count
+
+
+@pytest.fixture
+def make_app() -> Iterator[Callable[..., Flask]]:
+    """Fresh apps, each with a fresh ``SSEBlueprint`` (or the one given); hubs stopped after."""
+    apps: list[Flask] = []
+
+    def factory(
+        blueprint: SSEBlueprint | None = None, *, url_prefix: str = "/stream", **config: Any
+    ) -> Flask:
+        app = Flask(__name__)
+        app.config.update({"SSE_HEARTBEAT_SECONDS": HEARTBEAT, **config})
+        app.register_blueprint(blueprint or SSEBlueprint("sse", __name__), url_prefix=url_prefix)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        for hub in flask_sse_hub.hubs(app).values():
+            hub.broker.stop()
+
+
+def open_stream(app: Flask, query: str = "", **kwargs: Any) -> OpenStream:
+    return OpenStream(app.test_client().get(f"/stream{query}", buffered=False, **kwargs))
+
+
+# -- §3 subscribe: headers and the first chunk -----------------------------------------
+
+
+def test_stream_headers_and_first_chunk_open_the_stream(make_app: Callable[..., Flask]) -> None:
+    app = make_app(SSE_RETRY_MS=1234)
+    stream = open_stream(app)
+    try:
+        headers = stream.response.headers
+        assert headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        cache = headers["Cache-Control"]
+        assert "no-store" in cache or "no-cache" in cache
+        assert headers["X-Accel-Buffering"] == "no"
+        assert not HOP_BY_HOP & {name.lower() for name, _ in headers.items()}
+        # SPEC §4: retry and a comment, right after the headers, before any event.
+        assert stream.first_chunk.startswith(b"retry: 1234\n:")
+        assert stream.parser.retry == 1234
+        assert len(stream.parser.comments) == 1
+        assert stream.events == []
+    finally:
+        stream.close()
+
+
+def test_idle_stream_sends_heartbeat_comments(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    stream = open_stream(app)
+    try:
+        for expected_comments in (2, 3):  # the preamble's, then one per idle interval
+            stream.next_chunk()
+            assert len(stream.parser.comments) == expected_comments
+        assert stream.events == []
+    finally:
+        stream.close()
+
+
+def test_ping_event_replaces_the_heartbeat_comment(make_app: Callable[..., Flask]) -> None:
+    app = make_app(SSE_PING_EVENT="ping")
+    stream = open_stream(app)
+    try:
+        (ping,) = stream.read(1)
+        assert ping == Event(type="ping", data="", last_event_id="")
+    finally:
+        stream.close()
+
+
+# -- §2 publish ---------------------------------------------------------------------------
+
+
+def test_published_events_arrive_with_the_ids_publish_returned(
+    make_app: Callable[..., Flask],
+) -> None:
+    bp = SSEBlueprint("sse", __name__)
+    app = make_app(bp)
+    stream = open_stream(app, "?channel=orders")
+    try:
+        with app.app_context():
+            first = bp.publish({"order": 42}, channel="orders", event="order-created")
+            second = flask_sse_hub.publish("plain text", channel="orders", retry=500)
+            flask_sse_hub.publish("elsewhere", channel="other")
+        created, text = stream.read(2)
+    finally:
+        stream.close()
+    assert created == Event("order-created", '{"order":42}', first)
+    assert text == Event("message", "plain text", second)
+    assert stream.parser.retry == 500
+
+
+def test_default_sse_blueprint_and_module_publish(make_app: Callable[..., Flask]) -> None:
+    """The SPEC §2 example: ``from flask_sse_hub import sse, publish``."""
+    app = make_app(flask_sse_hub.sse)
+    stream = open_stream(app)
+    try:
+        with app.app_context():
+            ids = [flask_sse_hub.publish("one"), flask_sse_hub.sse.publish("two")]
+        events = stream.read(2)
+    finally:
+        stream.close()
+    assert [(e.data, e.last_event_id) for e in events] == [("one", ids[0]), ("two", ids[1])]
+
+
+def test_publish_from_a_view_and_from_a_background_thread(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+
+    @app.post("/orders")
+    def create_order() -> tuple[dict[str, str], int]:
+        return {"event_id": flask_sse_hub.publish({"order": 42}, channel="orders")}, 201
+
+    stream = open_stream(app, "?channel=orders")
+    try:
+        from_view = app.test_client().post("/orders").get_json()["event_id"]
+        from_thread: list[str] = []
+
+        def background() -> None:
+            with app.app_context():
+                from_thread.append(flask_sse_hub.publish("from a thread", channel="orders"))
+
+        worker = threading.Thread(target=background)
+        worker.start()
+        worker.join(WAIT)
+        events = stream.read(2)
+    finally:
+        stream.close()
+    assert [e.last_event_id for e in events] == [from_view, *from_thread]
+
+
+def test_channel_parameter_repeats_and_defaults_to_default(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app()
+    both = open_stream(app, "?channel=a&channel=b")
+    default = open_stream(app)
+    try:
+        with app.app_context():
+            ids = [
+                flask_sse_hub.publish("1", channel="a"),
+                flask_sse_hub.publish("2", channel="c"),
+                flask_sse_hub.publish("3", channel="b"),
+                flask_sse_hub.publish("4"),
+            ]
+        assert [e.last_event_id for e in both.read(2)] == [ids[0], ids[2]]
+        assert [e.last_event_id for e in default.read(1)] == [ids[3]]
+        assert flask_sse_hub.hubs(app)["sse"].broker.stats()["channels"] == {
+            "a": 1, "b": 1, "default": 1,
+        }
+    finally:
+        both.close()
+        default.close()
+
+
+def test_publish_errors_are_specific(make_app: Callable[..., Flask]) -> None:
+    app = make_app(SSE_MAX_EVENT_BYTES=500)
+    with app.app_context():
+        with pytest.raises(InvalidChannel):
+            flask_sse_hub.publish("x", channel="no spaces")
+        with pytest.raises(InvalidEventType):
+            flask_sse_hub.publish("x", event="sse-hub-gap")
+        with pytest.raises(TypeError):
+            flask_sse_hub.publish({1, 2})
+        with pytest.raises(EventTooLarge):  # the app's SSE_MAX_EVENT_BYTES applies
+            flask_sse_hub.publish("x" * 500)
+        flask_sse_hub.publish("x" * 400)
+
+
+def test_publish_without_the_blueprint_registered_is_a_clear_runtime_error() -> None:
+    bp = SSEBlueprint("sse", __name__)
+    app = Flask(__name__)
+    with app.app_context():
+        with pytest.raises(RuntimeError, match="not registered"):
+            bp.publish("x")
+        with pytest.raises(RuntimeError, match="blueprint"):
+            flask_sse_hub.publish("x")
+
+
+def test_module_publish_with_two_other_blueprints_is_ambiguous(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(SSEBlueprint("alerts", __name__), url_prefix="/alerts")
+    with app.app_context():
+        flask_sse_hub.publish("only one hub: it is used")
+    app.register_blueprint(SSEBlueprint("news", __name__), url_prefix="/news")
+    with app.app_context(), pytest.raises(RuntimeError, match="alerts"):
+        flask_sse_hub.publish("which hub?")
+
+
+def test_one_blueprint_on_two_apps_gives_two_independent_hubs(
+    make_app: Callable[..., Flask],
+) -> None:
+    bp = SSEBlueprint("sse", __name__)
+    first, second = make_app(bp), make_app(bp)
+    assert bp.hub(first) is not bp.hub(second)
+    on_first, on_second = open_stream(first), open_stream(second)
+    try:
+        with first.app_context():
+            only_first = bp.publish("for the first app")
+        with second.app_context():
+            marker = bp.publish("for the second app")
+        assert [e.last_event_id for e in on_first.read(1)] == [only_first]
+        assert [e.last_event_id for e in on_second.read(1)] == [marker]
+    finally:
+        on_first.close()
+        on_second.close()
+    # An id of one hub is unknown to the other (SPEC §5 epochs).
+    resumed = open_stream(second, headers={"Last-Event-ID": only_first})
+    try:
+        assert resumed.read(1)[0].type == "sse-hub-gap"
+    finally:
+        resumed.close()
+
+
+# -- §3 refusals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "?channel=a%20b",
+        "?channel=",
+        "?channel=" + "x" * 129,
+        "?channel=" + quote("café"),
+        "?channel=ok&channel=not%20ok",
+        "?" + "&".join(f"channel=c{n}" for n in range(33)),
+    ],
+    ids=["space", "empty", "129-chars", "non-ascii", "one-bad-of-two", "33-channels"],
+)
+def test_bad_or_too_many_channels_are_refused_with_400(
+    make_app: Callable[..., Flask], query: str
+) -> None:
+    app = make_app()
+    response = app.test_client().get(f"/stream{query}")
+    assert response.status_code == 400
+    reason = response.get_json()["error"]
+    assert isinstance(reason, str) and reason
+    assert subscribers(app) == 0
+
+
+def test_max_channels_is_a_limit_not_an_off_by_one(make_app: Callable[..., Flask]) -> None:
+    app = make_app(SSE_MAX_CHANNELS=3)
+    too_many = app.test_client().get("/stream?channel=a&channel=b&channel=c&channel=d")
+    assert too_many.status_code == 400
+    stream = open_stream(app, "?channel=a&channel=b&channel=c")
+    stream.close()
+
+
+def test_authorize_refuses_with_403_before_the_stream_starts(
+    make_app: Callable[..., Flask],
+) -> None:
+    bp = SSEBlueprint("sse", __name__)
+    asked: list[str] = []
+
+    @bp.authorize
+    def may_read(channel: str) -> bool:
+        asked.append(channel)
+        # Called in the request context of the subscribe request.
+        return channel.startswith("public") and request.headers.get("X-User") == "alice"
+
+    app = make_app(bp)
+    client = app.test_client()
+    refused = client.get("/stream?channel=public&channel=secret", headers={"X-User": "alice"})
+    assert refused.status_code == 403
+    assert "secret" in refused.get_data(as_text=True)
+    assert client.get("/stream?channel=public").status_code == 403  # no X-User
+    assert subscribers(app) == 0
+    asked.clear()
+    stream = open_stream(app, "?channel=public&channel=public-2", headers={"X-User": "alice"})
+    try:
+        assert sorted(asked) == ["public", "public-2"]
+        assert subscribers(app) == 1
+    finally:
+        stream.close()
+
+
+def test_every_authorizer_must_allow(make_app: Callable[..., Flask]) -> None:
+    bp = SSEBlueprint("sse", __name__)
+    bp.authorize(lambda channel: True)
+    bp.authorize(lambda channel: channel != "b")
+    app = make_app(bp)
+    assert app.test_client().get("/stream?channel=a&channel=b").status_code == 403
+    open_stream(app, "?channel=a").close()
+
+
+# -- §3/§5 resume ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three_events(make_app: Callable[..., Flask]) -> tuple[Flask, list[str]]:
+    app = make_app()
+    watcher = open_stream(app, "?channel=r")
+    try:
+        with app.app_context():
+            ids = [flask_sse_hub.publish(str(n), channel="r") for n in range(3)]
+        watcher.read(3)  # fanned out: every id is a position now
+    finally:
+        watcher.close()
+    return app, ids
+
+
+@pytest.mark.parametrize(
+    ("header", "query", "expected"),
+    [
+        (1, None, [2]),
+        (None, "lastEventId=0", [1, 2]),
+        (None, "last_event_id=0", [1, 2]),
+        (1, "lastEventId=0", [2]),  # the header wins
+        (1, "last_event_id=0", [2]),
+    ],
+    ids=["header", "lastEventId", "last_event_id", "header-over-lastEventId",
+         "header-over-last_event_id"],
+)
+def test_resume_id_from_header_or_query_and_header_wins(
+    three_events: tuple[Flask, list[str]],
+    header: int | None, query: str | None, expected: list[int],
+) -> None:
+    app, ids = three_events
+    headers = {} if header is None else {"Last-Event-ID": ids[header]}
+    query_string = "" if query is None else "&" + query.replace("=0", "=" + quote(ids[0]))
+    stream = open_stream(app, f"?channel=r{query_string}", headers=headers)
+    try:
+        with app.app_context():
+            live = flask_sse_hub.publish("live", channel="r")
+        events = stream.read(len(expected) + 1)
+    finally:
+        stream.close()
+    assert [e.last_event_id for e in events] == [ids[n] for n in expected] + [live]
+    assert all(e.type == "message" for e in events)
+
+
+def test_unknown_resume_id_starts_with_a_gap_event_then_history_then_live(
+    three_events: tuple[Flask, list[str]],
+) -> None:
+    app, ids = three_events
+    stream = open_stream(app, "?channel=r", headers={"Last-Event-ID": "stale-id"})
+    try:
+        with app.app_context():
+            live = flask_sse_hub.publish("live", channel="r")
+        gap, *history = stream.read(5)
+    finally:
+        stream.close()
+    assert gap.type == "sse-hub-gap"
+    assert json.loads(gap.data) == {"last_event_id": "stale-id"}
+    assert [e.last_event_id for e in history] == [*ids, live]
+    # Resuming from the gap's own id gives no second gap.
+    again = open_stream(app, "?channel=r", headers={"Last-Event-ID": gap.last_event_id})
+    try:
+        assert [e.last_event_id for e in again.read(4)] == [*ids, live]
+    finally:
+        again.close()
+
+
+def test_garbage_resume_id_with_non_ascii_digits_is_a_gap_not_a_500(
+    three_events: tuple[Flask, list[str]],
+) -> None:
+    app, ids = three_events
+    epoch = ids[0].rsplit("-", 1)[0]
+    response = app.test_client().get(
+        f"/stream?channel=r&lastEventId={quote(epoch + '-²')}", buffered=False
+    )
+    try:
+        assert response.status_code == 200
+        assert OpenStream(response).read(1)[0].type == "sse-hub-gap"
+    finally:
+        response.close()
+
+
+# -- §5 disconnects -------------------------------------------------------------------
+
+
+def test_closing_the_response_unsubscribes(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    streams = [open_stream(app, "?channel=a&channel=b"), open_stream(app, "?channel=a")]
+    assert subscribers(app) == 2
+    for stream in streams:
+        stream.close()
+    assert subscribers(app) == 0
+    assert flask_sse_hub.hubs(app)["sse"].broker.stats()["channels"] == {}
+
+
+def test_response_closed_before_its_first_chunk_unsubscribes(
+    make_app: Callable[..., Flask],
+) -> None:
+    """PEP 3333: a server calls close() on the body even when it never iterated it.
+
+    The WSGI app is called directly (the test client always pulls the first
+    chunk): a request whose client is gone before the first write must not
+    leave its subscription registered.
+    """
+    app = make_app()
+    environ = EnvironBuilder(path="/stream", query_string="channel=a").get_environ()
+    body = app(environ, lambda status, headers, exc_info=None: lambda data: None)
+    assert subscribers(app) == 1
+    body.close()  # type: ignore[attr-defined]
+    assert subscribers(app) == 0, "the subscription outlived its response"
+
+
+def test_hub_shutdown_ends_open_streams(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    stream = open_stream(app)
+    flask_sse_hub.shutdown(app)
+    with pytest.raises(EOFError):
+        stream.read(1)
+    assert subscribers(app) == 0
+
+
+def test_max_connection_seconds_ends_the_stream_for_a_resume(
+    make_app: Callable[..., Flask],
+) -> None:
+    """SPEC §6 SSE_MAX_CONNECTION_SECONDS: the stream ends after that age (clients resume)."""
+    app = make_app(SSE_MAX_CONNECTION_SECONDS=0.3, SSE_HEARTBEAT_SECONDS=5)
+    stream = open_stream(app)
+    started = time.monotonic()
+    with pytest.raises(EOFError):
+        stream.read(1, timeout=WAIT)
+    assert time.monotonic() - started < 5, "ended by the heartbeat wait, not by its age"
+    assert subscribers(app) == 0
+
+
+# -- §2 CLI -------------------------------------------------------------------------------
+
+
+def test_cli_publish_prints_the_id_a_subscriber_receives(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    stream = open_stream(app, "?channel=orders")
+    try:
+        result = app.test_cli_runner().invoke(
+            args=["sse", "publish", "orders", "hello", "--event", "created"]
+        )
+        assert result.exit_code == 0, result.output
+        event_id = result.stdout.strip()
+        (event,) = stream.read(1)
+    finally:
+        stream.close()
+    assert event == Event("created", "hello", event_id)
+
+
+def test_cli_publish_json_data(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    stream = open_stream(app, "?channel=orders")
+    try:
+        result = app.test_cli_runner().invoke(
+            args=["sse", "publish", "orders", '{"n": 1}', "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        (event,) = stream.read(1)
+    finally:
+        stream.close()
+    assert json.loads(event.data) == {"n": 1}
+    assert event.last_event_id == result.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["sse", "publish", "bad channel", "hello"], "invalid channel"),
+        (["sse", "publish", "orders", "hello", "--event", "sse-hub-x"], "reserved"),
+        (["sse", "publish", "orders", "{not json", "--json"], "Expecting"),
+    ],
+    ids=["bad-channel", "reserved-event", "bad-json"],
+)
+def test_cli_publish_refuses_bad_input_with_the_reason(
+    make_app: Callable[..., Flask], args: list[str], reason: str
+) -> None:
+    app = make_app()
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code != 0
+    assert reason in result.output
+    assert flask_sse_hub.hubs(app)["sse"].broker.stats().get("events_published", 0) == 0
+
+
+# -- the standalone hub (create_app) ---------------------------------------------------
+
+
+@pytest.fixture
+def make_hub_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
+    """``create_app()`` with a clean environment; its hub is stopped after the test."""
+    for key in DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    apps: list[Flask] = []
+
+    def factory(**config: Any) -> Flask:
+        app = create_app({"SSE_HEARTBEAT_SECONDS": HEARTBEAT, **config})
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        for hub in flask_sse_hub.hubs(app).values():
+            hub.broker.stop()
+
+
+def post_publish(app: Flask, body: Any, **kwargs: Any) -> TestResponse:
+    return app.test_client().post("/publish", json=body, **kwargs)
+
+
+def test_standalone_publish_single_and_batch(make_hub_app: Callable[..., Flask]) -> None:
+    app = make_hub_app()
+    stream = open_stream(app, "?channel=orders")
+    try:
+        single = post_publish(
+            app, {"channel": "orders", "event": "order-created", "data": {"order": 42}}
+        )
+        assert single.status_code == 202
+        first = single.get_json()["id"]
+        batch = post_publish(
+            app,
+            [{"channel": "orders", "data": "a"}, {"channel": "other", "data": "b"},
+             {"channel": "orders", "data": "c", "retry": 100}],
+        )
+        assert batch.status_code == 202
+        ids = batch.get_json()["ids"]
+        assert len(ids) == 3
+        events = stream.read(3)
+    finally:
+        stream.close()
+    assert events == [
+        Event("order-created", '{"order":42}', first),
+        Event("message", "a", ids[0]),
+        Event("message", "c", ids[2]),
+    ]
+
+
+def test_standalone_stream_is_served_at_stream(make_hub_app: Callable[..., Flask]) -> None:
+    app = make_hub_app(SSE_RETRY_MS=777)
+    stream = open_stream(app)
+    try:
+        assert stream.parser.retry == 777
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [
+        ({"data": "not json", "content_type": "text/plain"}, 415),
+        ({"data": "{oops", "content_type": "application/json"}, 400),
+        ({"json": {"channel": "orders"}}, 400),  # no data
+        ({"json": {"data": 1, "colour": "red"}}, 400),  # unknown field
+        ({"json": {"data": 1, "channel": "a b"}}, 400),
+        ({"json": {"data": 1, "event": "sse-hub-gap"}}, 400),
+        ({"json": {"data": 1, "event": "a\nb"}}, 400),
+        ({"json": {"data": 1, "retry": "soon"}}, 400),
+        ({"json": {"data": 1, "retry": True}}, 400),
+        ({"json": {"data": 1, "retry": -1}}, 400),
+        ({"json": []}, 400),
+        ({"json": 42}, 400),
+        ({"json": [{"data": 1}, "not an object"]}, 400),
+        ({"json": [{"data": 1}, {"data": 2, "channel": "bad channel"}]}, 400),
+        ({"json": {"data": "x" * 2000}}, 413),  # over SSE_MAX_EVENT_BYTES
+        ({"json": [{"data": "x" * 900}] * 5}, 413),  # over SSE_MAX_PUBLISH_BYTES
+    ],
+    ids=[
+        "not-json-415", "bad-json", "missing-data", "unknown-field", "bad-channel",
+        "reserved-event", "event-with-LF", "retry-str", "retry-bool", "retry-negative",
+        "empty-batch", "not-an-object", "batch-item-not-object", "batch-item-bad-channel",
+        "event-too-large", "body-too-large",
+    ],
+)
+def test_standalone_publish_errors_are_json_with_status(
+    make_hub_app: Callable[..., Flask], kwargs: dict[str, Any], status: int
+) -> None:
+    app = make_hub_app(SSE_MAX_EVENT_BYTES=1024, SSE_MAX_PUBLISH_BYTES=4096)
+    response = app.test_client().post("/publish", **kwargs)
+    assert response.status_code == status, response.get_data(as_text=True)
+    error = response.get_json()["error"]
+    assert isinstance(error, str) and error
+    # Nothing of a refused request is published, not even the valid part of a batch.
+    assert flask_sse_hub.hubs(app)["sse"].broker.stats().get("events_published", 0) == 0
+
+
+def test_standalone_publish_token_is_required_when_set(
+    make_hub_app: Callable[..., Flask],
+) -> None:
+    app = make_hub_app(SSE_PUBLISH_TOKEN="s3cret-token")
+    body = {"data": "x"}
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer s3cret-toke"},
+        {"Authorization": "Basic s3cret-token"},
+        {"Authorization": "s3cret-token"},
+    ):
+        response = post_publish(app, body, headers=headers)
+        assert response.status_code == 401, headers
+        assert "error" in response.get_json()
+        assert "Bearer" in response.headers.get("WWW-Authenticate", "")
+    ok = post_publish(app, body, headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 202
+    # With a token, where the request comes from does not matter.
+    relayed = post_publish(
+        app, body,
+        headers={"Authorization": "Bearer s3cret-token", "X-Forwarded-For": "203.0.113.9"},
+        environ_base={"REMOTE_ADDR": "203.0.113.9"},
+    )
+    assert relayed.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("remote_addr", "headers", "status"),
+    [
+        ("127.0.0.1", {}, 202),
+        ("::1", {}, 202),
+        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, 403),
+        ("127.0.0.1", {"Forwarded": "for=203.0.113.9"}, 403),
+        ("127.0.0.1", {"X-Real-IP": "203.0.113.9"}, 403),
+        ("203.0.113.9", {}, 403),
+        ("10.0.0.5", {}, 403),
+    ],
+    ids=["loopback", "loopback-v6", "x-forwarded-for", "forwarded", "x-real-ip",
+         "public-address", "private-address"],
+)
+def test_anonymous_publish_only_from_loopback(
+    make_hub_app: Callable[..., Flask], remote_addr: str, headers: dict[str, str], status: int
+) -> None:
+    app = make_hub_app()
+    response = post_publish(
+        app, {"data": "x"}, headers=headers, environ_base={"REMOTE_ADDR": remote_addr}
+    )
+    assert response.status_code == status
+    if status != 202:
+        assert "error" in response.get_json()
+
+
+def test_standalone_backend_unavailable_is_503(
+    make_hub_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_hub_app()
+    backend = flask_sse_hub.hubs(app)["sse"].broker.backend
+
+    def unreachable(events: Any) -> list[str]:
+        raise BackendUnavailable("Redis unavailable, nothing published")
+
+    monkeypatch.setattr(backend, "publish", unreachable)
+    response = post_publish(app, {"data": "x"})
+    assert response.status_code == 503
+    assert "unavailable" in response.get_json()["error"]
+    monkeypatch.setattr(backend, "healthy", lambda: False)
+    health = app.test_client().get("/healthz")
+    assert health.status_code == 503
+    assert health.get_json()["status"] != "ok"
+
+
+def test_standalone_healthz(make_hub_app: Callable[..., Flask]) -> None:
+    response = make_hub_app().test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "ok"
+
+
+def test_standalone_stats_report_this_worker(make_hub_app: Callable[..., Flask]) -> None:
+    app = make_hub_app()
+    stream = open_stream(app, "?channel=orders&channel=news")
+    try:
+        ids = [post_publish(app, {"channel": "orders", "data": n}).get_json()["id"]
+               for n in range(2)]
+        stream.read(2)
+        stats = app.test_client().get("/stats").get_json()
+    finally:
+        stream.close()
+    assert ids
+    assert stats["channels"] == {"orders": 1, "news": 1}
+    assert stats["events_published"] == 2
+    for key in ("events_delivered", "subscribers_dropped_slow", "replays_served"):
+        assert isinstance(stats[key], int), key
+    assert stats["subscribers_dropped_slow"] == 0
+
+
+def test_standalone_demo_page(make_hub_app: Callable[..., Flask]) -> None:
+    client = make_hub_app().test_client()
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.mimetype == "text/html"
+    script = client.get("/static/demo.js")
+    assert script.status_code == 200
+    assert b"EventSource" in script.data
