@@ -268,8 +268,11 @@ class RedisBackend(Backend):
     # -- replay ---------------------------------------------------------------
 
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
+        # During an outage the stream still opens (an EventSource gives up for
+        # good on a 503): it starts with a gap without id, so the client keeps
+        # its own id for a later resume, then gets live events once Redis is back.
         if upto is None:  # the broadcaster has not reached Redis yet
-            raise BackendUnavailable("Redis unavailable, cannot replay yet")
+            return Replay(gap=True)
         try:
             known, position = self._locate(self._client, last_id)
             entries: Any
@@ -283,7 +286,8 @@ class RedisBackend(Backend):
                 return Replay(_decode(entries, channels))
             entries = self._client.xrange(self.key, "-", upto)
         except redis.RedisError as exc:
-            raise BackendUnavailable(f"Redis unavailable, cannot replay: {exc}") from None
+            log.warning("cannot replay after %s while Redis is unavailable (%s)", last_id, exc)
+            return Replay(gap=True)
         return Replay(_decode(entries, channels), gap=True, gap_position=position)
 
     # -- health ---------------------------------------------------------------

@@ -265,3 +265,30 @@ def test_a_publish_answered_503_was_not_published_even_when_a_reply_is_lost(
         assert received == [(after, "after")], (
             f"publish answered {status} {answer} yet its event was delivered: {received}"
         )
+
+
+def test_a_resume_during_an_outage_opens_the_stream_with_a_gap_not_a_503(
+    start_hub: HubLauncher, redis_server: RedisServer, redis_url: str,
+) -> None:
+    """A browser's EventSource gives up for good on a 503: a resume while Redis is
+    down must still open the stream, start with an sse-hub-gap (the hub cannot
+    know what was missed) and deliver live events once Redis is back."""
+    hub = start_hub(SSE_REDIS_URL=redis_url, SSE_HEARTBEAT_SECONDS=1)
+    seen = hub.publish("seen", channel="resume-outage")
+    redis_server.kill()
+    try:
+        stream = hub.subscribe("resume-outage", headers={"Last-Event-ID": seen})
+        assert stream.status == 200
+        gap = stream.next_event(timeout=5)
+        assert gap.type == GAP_EVENT
+        assert json.loads(gap.data) == {"last_event_id": seen}
+        # No id on that gap (this fresh parser's id buffer stays empty): a
+        # browser keeps its own last id for a later resume.
+        assert gap.last_event_id == ""
+    finally:
+        redis_server.start()
+    wait_until(lambda: hub.request("GET", "/healthz")[0], lambda status: status == 200,
+               timeout=10, what="/healthz 200 after Redis came back", log=hub.log_text)
+    after = hub.publish("after", channel="resume-outage")
+    events = stream.until_id(after, timeout=15)
+    assert events[-1].data == "after"
