@@ -38,6 +38,10 @@ _STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _U64_MAX = 2**64 - 1
 #: How long one XREAD blocks, so that stop() is noticed and the connection checked.
 _BLOCK_MS = 2000
+#: A broadcaster reaching Redis this long after start reads from the start time.
+_STARTUP_GRACE = 1.0
+#: Seconds of clock skew between this host and Redis tolerated by that reading.
+_CLOCK_MARGIN = 5.0
 #: Pool connections for publishes, replays and health checks (per worker).
 POOL_SIZE = 4
 
@@ -107,6 +111,7 @@ class RedisBackend(Backend):
         self._client = redis.Redis(connection_pool=self._pool)
         self._publish_script = self._client.register_script(_PUBLISH_SCRIPT)
         self._stop = threading.Event()
+        self._started_at = time.time()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._healthy = True
@@ -146,6 +151,7 @@ class RedisBackend(Backend):
 
     def start(self, sink: Sink) -> None:
         self._stop.clear()
+        self._started_at = time.time()
         self._thread = threading.Thread(
             target=self._broadcast, args=(sink,), name="sse-redis-broadcaster", daemon=True,
         )
@@ -211,6 +217,15 @@ class RedisBackend(Backend):
         if last_id is None:
             newest: Any = conn.xrevrange(self.key, count=1)
             position = newest[0][0].decode() if newest else "0-0"
+            if time.time() - self._started_at > _STARTUP_GRACE:
+                # Redis was down when this worker started: streams opened
+                # meanwhile expect what was published since, which the end of
+                # the stream would skip. Start at the worker's start instead
+                # (Redis ids are Redis-clock milliseconds; a margin absorbs
+                # clock skew): at worst a few seconds of older events.
+                since = f"{int((self._started_at - _CLOCK_MARGIN) * 1000)}-0"
+                if _stream_key(since) < _stream_key(position):
+                    position = since
             sink.set_position(position)
             self._ready.set()
             return position
