@@ -22,6 +22,9 @@ timeout = 30
 keepalive = 5
 accesslog = os.environ.get("SSE_ACCESS_LOG") or None
 errorlog = "-"
+# gunicorn >= 25's control socket lives at one path in $HOME: two hubs on one
+# machine would fight over it, and the hub needs none.
+control_socket_disable = True
 loglevel = os.environ.get("SSE_LOG_LEVEL", "info")
 
 if workers > 1 and not os.environ.get("SSE_REDIS_URL"):
