@@ -31,6 +31,13 @@ from .wire import (
 
 log = logging.getLogger("flask_sse_hub")
 
+try:  # the C poll, even under gevent's patching: a zero timeout never blocks
+    from gevent.monkey import get_original
+
+    _poll: Callable[[], Any] = get_original("select", "poll")
+except ImportError:  # pragma: no cover - gevent is a dependency, but be lenient
+    _poll = select.poll
+
 EXTENSION_KEY = "sse_hub"
 STREAM_HEADERS = {
     "Cache-Control": "no-store",
@@ -203,13 +210,15 @@ def _peer_closed(sock: Any) -> bool:
 
     Lets an idle stream notice a vanished client at its next heartbeat instead
     of at the write after it (the first write to a closed peer still succeeds).
+    ``poll``, not ``select``: a busy worker's descriptors go past select's 1024.
     """
     if not isinstance(sock, socket.socket):
         return False
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-    except (OSError, ValueError):
+        poller = _poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0)) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
         return True
 
 
