@@ -35,3 +35,14 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## The benchmark against the peers (see bench/README.md); BENCH_ARGS=--quick for a smoke run.
+.PHONY: bench
+bench:
+	@for pkg in go:golang-go redis-server:redis-server; do \
+	  command -v $${pkg%%:*} >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $${pkg#*:}) || exit 1; \
+	  else echo "bench needs $${pkg#*:} (apt-get install $${pkg#*:})"; exit 1; fi; \
+	done
+	BENCH_COMMAND="make bench$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" $(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,3 @@
+module flask-sse-hub/bench/loadgen
+
+go 1.19
