@@ -9,7 +9,7 @@ import random
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -188,13 +188,37 @@ class SSEBlueprint(Blueprint):
         if isinstance(sock, socket.socket):
             sub.abort = _aborter(sock)
         response = Response(
-            _stream(hub, sub, replay, last_id, sock),
+            _StreamBody(_stream(hub, sub, replay, last_id, sock), hub.broker, sub),
             mimetype="text/event-stream", headers=STREAM_HEADERS,
         )
-        # Also when the server closes the response without ever iterating it
-        # (a generator that never started runs no ``finally``).
-        response.call_on_close(lambda: hub.broker.unsubscribe(sub))
+        # The server iterates the body itself, not through Werkzeug's encoding
+        # and closing wrappers: two layers less for every chunk of every stream.
+        response.direct_passthrough = True
         return response
+
+
+class _StreamBody:
+    """The WSGI body of a stream: the generator, and a ``close`` that always unsubscribes.
+
+    A generator that was never started runs no ``finally`` when closed, so
+    ``close`` unsubscribes itself as well (unsubscribe is idempotent).
+    """
+
+    __slots__ = ("_broker", "_chunks", "_sub")
+
+    def __init__(
+        self, chunks: Generator[bytes, None, None], broker: Broker, sub: Subscription
+    ) -> None:
+        self._chunks = chunks
+        self._broker = broker
+        self._sub = sub
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._chunks.close()
+        self._broker.unsubscribe(self._sub)
 
 
 def _aborter(sock: socket.socket) -> Callable[[], None]:
@@ -224,7 +248,7 @@ def _peer_closed(sock: Any) -> bool:
 
 def _stream(
     hub: Hub, sub: Subscription, replay: Replay, last_id: str | None, sock: Any
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The response body: preamble, replay, then live events and heartbeats.
 
     Holds no request context: a stream keeps only its subscription, so an
