@@ -7,6 +7,7 @@ variables, overridden by the ``config`` mapping given to :func:`create_app`.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -74,7 +75,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         _check_publisher(hub)
         events, batch = _parse_publish_body(hub)
         ids = hub.broker.publish(events)
-        return (jsonify(ids=ids) if batch else jsonify(id=ids[0])), 202
+        # json.dumps straight into a Response: jsonify's provider machinery
+        # was a fifth of this view's time in a profile of single publishes.
+        answer = json.dumps({"ids": ids} if batch else {"id": ids[0]})
+        return Response(answer, mimetype="application/json"), 202
 
     @app.get("/")
     def demo() -> str:
@@ -109,13 +113,18 @@ def _check_publisher(hub: Hub) -> None:
         return
     # A request relayed by a proxy on this host arrives from loopback too; it
     # is not a local publisher, so forwarding headers disqualify it.
-    forwarded = any(h in request.headers for h in ("Forwarded", "X-Forwarded-For", "X-Real-IP"))
+    environ = request.environ
+    forwarded = any(key in environ for key in _FORWARDING_HEADERS)
     if forwarded or not _is_loopback(request.remote_addr):
         raise PublishRefused(
             403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
         )
 
 
+_FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+
+
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
