@@ -21,12 +21,16 @@ test: lint system-deps
 	$(BIN)/pytest
 
 ## Debian packages the tests drive for real (installed when missing and we are root).
+SYSTEM_DEPS := redis-server:redis-server chromium:chromium
 system-deps:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
-	      || echo "could not install redis-server: the Redis tests will skip"; \
-	  else echo "redis-server missing and not root: the Redis tests will skip"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	      || echo "could not install$$missing: the tests needing them will skip"; \
+	  else echo "missing$$missing and not root: the tests needing them will skip"; fi; \
 	fi
 
 lint: $(STAMP)
