@@ -788,3 +788,32 @@ def test_fanout_and_resume_race_under_gevent_monkey_patching() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().endswith("OK"), done.stdout + done.stderr
 
+
+
+def test_an_event_is_encoded_once_and_its_bytes_shared_by_every_subscriber(
+    make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §4: each event is encoded once per publish, not once per subscriber."""
+    import flask_sse_hub.wire as wire
+
+    encodings = 0
+    original = wire.encode_body
+
+    def counting_encode_body(*args: object, **kwargs: object) -> bytes:
+        nonlocal encodings
+        encodings += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire, "encode_body", counting_encode_body)
+    broker = make_broker()
+    subs = [broker.subscribe(["shared"])[0] for _ in range(50)]
+    (event_id,) = broker.publish([wire.make_event({"n": 1}, channel="shared")])
+    chunks = []
+    for sub in subs:
+        item = sub.queue.get(timeout=5)
+        assert item is not None
+        chunks.append(item[0])
+    assert encodings == 1
+    assert f"id: {event_id}\n".encode() in chunks[0]
+    # Not 50 equal copies: the very same bytes object in every queue.
+    assert all(chunk is chunks[0] for chunk in chunks)
