@@ -15,11 +15,12 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
+from .auth import CorsPolicy, TokenVerifier, request_token
 from .backends import make_backend
 from .broker import Broker, Replay, Subscription, join_chunks
 from .cli import add_commands
 from .config import HubConfig, set_defaults
-from .errors import HubError, TooManyChannels
+from .errors import Forbidden, HubError, TooManyChannels
 from .wire import (
     HEARTBEAT,
     encode_gap,
@@ -54,6 +55,10 @@ class Hub:
         self.broker = Broker(make_backend(config, name), queue_size=config.queue_size)
         self.preamble = encode_preamble(config.retry_ms)
         self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
+        #: Checks subscribe/publish tokens when ``SSE_JWT_*`` is set, else None.
+        self.verifier = TokenVerifier.from_config(config)
+        #: Answers other origins when ``SSE_CORS_ORIGINS`` is set, else None.
+        self.cors = CorsPolicy(config.cors_origins) if config.cors_origins else None
 
     def publish(
         self, data: Any, *, channel: str = "default", event: str | None = None,
@@ -68,9 +73,10 @@ class Hub:
 
 
 def error_response(exc: HubError) -> Response:
-    """The one mapping from hub errors to HTTP answers: status and a JSON reason."""
+    """The one mapping from hub errors to HTTP answers: status, headers and a JSON reason."""
     response = jsonify(error=str(exc))
     response.status_code = exc.status
+    response.headers.update(exc.headers)
     return response
 
 
@@ -96,6 +102,7 @@ class SSEBlueprint(Blueprint):
         self.add_url_rule("", "stream", self._stream_view, methods=["GET"])
         self.record(self._create_hub)
         self.register_error_handler(HubError, error_response)
+        self.after_request(self._add_cors_headers)
         add_commands(self)
 
     # -- registration -------------------------------------------------------
@@ -164,16 +171,24 @@ class SSEBlueprint(Blueprint):
             )
         return channels
 
+    def _add_cors_headers(self, response: Response) -> Response:
+        cors = self.hub().cors
+        return response if cors is None else cors.apply(request, response)
+
     def _stream_view(self) -> Response:
         hub = self.hub()
-        channels = self._requested_channels(hub.config.max_channels)
+        config = hub.config
+        channels = self._requested_channels(config.max_channels)
+        expires_at = None
+        if hub.verifier is not None:
+            # Checked before any replay: a resume gets only channels its token grants.
+            grants = hub.verifier.grants(request_token(request, config.jwt_cookie, query=True))
+            grants.check_subscribe(channels)
+            expires_at = grants.expires_at
         for channel in channels:
             for allowed in self._authorizers:
                 if not allowed(channel):
-                    return Response(
-                        f"not allowed to subscribe to {channel!r}\n", status=403,
-                        mimetype="text/plain",
-                    )
+                    raise Forbidden(f"not allowed to subscribe to {channel!r}")
         # SPEC §3: the header (sent by the browser on reconnect) wins over the query.
         last_id = (
             request.headers.get("Last-Event-ID")
@@ -183,12 +198,15 @@ class SSEBlueprint(Blueprint):
         )
         if request.method == "HEAD":
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
-        sub, replay = hub.broker.subscribe(channels, last_id)
+        sub, replay = hub.broker.subscribe(
+            channels, last_id, client=request.remote_addr,
+            max_per_client=config.max_connections_per_ip,
+        )
         sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
         if isinstance(sock, socket.socket):
             sub.abort = _aborter(sock)
         response = Response(
-            _StreamBody(_stream(hub, sub, replay, last_id, sock), hub.broker, sub),
+            _StreamBody(_stream(hub, sub, replay, last_id, sock, expires_at), hub.broker, sub),
             mimetype="text/event-stream", headers=STREAM_HEADERS,
         )
         # The server iterates the body itself, not through Werkzeug's encoding
@@ -247,12 +265,14 @@ def _peer_closed(sock: Any) -> bool:
 
 
 def _stream(
-    hub: Hub, sub: Subscription, replay: Replay, last_id: str | None, sock: Any
+    hub: Hub, sub: Subscription, replay: Replay, last_id: str | None, sock: Any,
+    expires_at: float | None = None,
 ) -> Generator[bytes, None, None]:
     """The response body: preamble, replay, then live events and heartbeats.
 
     Holds no request context: a stream keeps only its subscription, so an
-    idle stream costs little memory.
+    idle stream costs little memory. It ends at ``SSE_MAX_CONNECTION_SECONDS``
+    and at ``expires_at`` (Unix time; its token's expiry).
     """
     broker = hub.broker
     config = hub.config
@@ -263,6 +283,9 @@ def _stream(
     if config.max_connection_seconds is not None:
         # Jitter spreads the reconnects of streams opened together.
         deadline = time.monotonic() + config.max_connection_seconds * random.uniform(0.9, 1.0)
+    if expires_at is not None:
+        expiry = time.monotonic() + (expires_at - time.time())
+        deadline = expiry if deadline is None else min(deadline, expiry)
     try:
         first = hub.preamble
         if replay.gap:

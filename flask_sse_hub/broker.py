@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .errors import TooManyConnections
 from .wire import Event, encode_gap
 
 log = logging.getLogger("flask_sse_hub")
@@ -73,10 +74,14 @@ class Subscription:
     likewise written by the stream alone.
     """
 
-    __slots__ = ("abort", "channels", "closed", "delivered", "dequeued", "enqueued", "queue")
+    __slots__ = (
+        "abort", "channels", "client", "closed", "delivered", "dequeued", "enqueued", "queue",
+    )
 
-    def __init__(self, channels: Sequence[str]) -> None:
+    def __init__(self, channels: Sequence[str], client: str | None = None) -> None:
         self.channels = frozenset(channels)
+        #: The client address counted against ``SSE_MAX_CONNECTIONS_PER_IP``.
+        self.client = client
         self.queue: queue.Queue[Chunk | None] = queue.Queue()
         self.enqueued = 0
         self.dequeued = 0
@@ -196,6 +201,7 @@ class Broker:
         self._started = False
         self._closed = False
         self.connections = 0
+        self._per_client: dict[str, int] = {}
         self.dropped_slow = 0
         self.replays = 0
         self.gaps = 0
@@ -210,10 +216,15 @@ class Broker:
 
     # -- subscribing ----------------------------------------------------------
 
-    def subscribe(self, channels: Sequence[str], last_id: str | None = None) -> tuple[
-        Subscription, Replay
-    ]:
-        """Register a subscription; with ``last_id``, also compute what it missed."""
+    def subscribe(
+        self, channels: Sequence[str], last_id: str | None = None, *,
+        client: str | None = None, max_per_client: int | None = None,
+    ) -> tuple[Subscription, Replay]:
+        """Register a subscription; with ``last_id``, also compute what it missed.
+
+        With ``client`` and ``max_per_client``, refuse (``TooManyConnections``)
+        a client that already holds that many subscriptions here.
+        """
         self._ensure_started()
         self.backend.wait_ready(timeout=3.0)
         if last_id is not None and self.backend.is_ahead(last_id, self._position):
@@ -225,8 +236,16 @@ class Broker:
                     )
                 finally:
                     self._waiting -= 1
-        sub = Subscription(channels)
+        sub = Subscription(channels, client)
         with self._lock:
+            if client is not None:
+                held = self._per_client.get(client, 0)
+                if max_per_client is not None and held >= max_per_client:
+                    raise TooManyConnections(
+                        f"{client} already has {held} open streams on this worker "
+                        f"(SSE_MAX_CONNECTIONS_PER_IP={max_per_client})"
+                    )
+                self._per_client[client] = held + 1
             if self._closed:
                 sub.close("shutdown", release=False)
             for channel in sub.channels:
@@ -259,6 +278,10 @@ class Broker:
             if removed:
                 self.connections -= 1
                 self._delivered_by_closed += sub.delivered
+                if sub.client is not None:
+                    held = self._per_client.pop(sub.client) - 1
+                    if held:
+                        self._per_client[sub.client] = held
         sub.abort = None
 
     # -- fan-out (the broadcaster thread) -------------------------------------
@@ -389,6 +412,7 @@ class Broker:
             return {
                 "backend": self.backend.name,
                 "subscribers": self.connections,
+                "client_addresses": len(self._per_client),
                 "channels": per_channel,
                 "events_delivered": delivered,
                 "subscribers_dropped_slow": self.dropped_slow,

@@ -7,6 +7,7 @@ from the environment variable of the same name (:func:`from_environ`).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,18 @@ DEFAULTS: dict[str, Any] = {
     "SSE_PUBLISH_TOKEN": None,
     # Not in SPEC §6 but needed by a real deployment: the largest POST /publish body.
     "SSE_MAX_PUBLISH_BYTES": 1048576,
+    # Issue 4: browsers on other origins, channel tokens, per-client limits.
+    "SSE_CORS_ORIGINS": None,
+    "SSE_JWT_SECRET": None,
+    "SSE_JWT_PUBLIC_KEY": None,
+    "SSE_JWT_AUDIENCE": None,
+    "SSE_JWT_ISSUER": None,
+    "SSE_JWT_COOKIE": "sse_token",
+    "SSE_MAX_CONNECTIONS_PER_IP": None,
 }
+
+#: Settings whose values are never logged.
+SECRETS = frozenset({"SSE_PUBLISH_TOKEN", "SSE_JWT_SECRET"})
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -65,6 +77,54 @@ def _optional_str(key: str, value: Any) -> str | None:
     return value
 
 
+def _origins(key: str, value: Any) -> tuple[str, ...]:
+    """An allow-list of origins: a list, or a string split on commas and spaces.
+
+    ``*`` (alone) allows any origin, without credentials. Each other entry must
+    be a bare origin as browsers send it: ``scheme://host[:port]``, no path.
+    """
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        entries = [entry for entry in value.replace(",", " ").split() if entry]
+    elif isinstance(value, (list, tuple, set, frozenset)) and all(
+        isinstance(entry, str) for entry in value
+    ):
+        entries = list(value)
+    else:
+        raise ConfigError(f"{key} must be a list of origins or a string of them, got {value!r}")
+    if "*" in entries:
+        if len(entries) > 1:
+            raise ConfigError(f"{key}: '*' allows every origin and cannot be combined with others")
+        return ("*",)
+    return tuple(dict.fromkeys(_origin(key, entry) for entry in entries))
+
+
+def _origin(key: str, entry: str) -> str:
+    bad = ConfigError(
+        f"{key}: {entry!r} is not an origin like https://app.example.com or http://localhost:3000"
+    )
+    parts = urlsplit(entry.strip())
+    if not parts.scheme or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise bad
+    try:
+        port = parts.port
+    except ValueError:
+        raise bad from None
+    default_port = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    # Browsers send the scheme and host in lower case and omit a default port.
+    shown = f"{parts.scheme.lower()}://{host.lower()}"
+    return shown if port is None or port == default_port else f"{shown}:{port}"
+
+
+def _cookie_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ConfigError(f"{key} must be a cookie name (an HTTP token), got {value!r}")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_REDIS_URL": _optional_str,
     "SSE_HEARTBEAT_SECONDS": _positive_float,
@@ -77,6 +137,13 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_MAX_CONNECTION_SECONDS": _optional(_positive_float),
     "SSE_PUBLISH_TOKEN": _optional_str,
     "SSE_MAX_PUBLISH_BYTES": _positive_int,
+    "SSE_CORS_ORIGINS": _origins,
+    "SSE_JWT_SECRET": _optional_str,
+    "SSE_JWT_PUBLIC_KEY": _optional_str,
+    "SSE_JWT_AUDIENCE": _optional_str,
+    "SSE_JWT_ISSUER": _optional_str,
+    "SSE_JWT_COOKIE": _cookie_name,
+    "SSE_MAX_CONNECTIONS_PER_IP": _optional(_positive_int),
 }
 
 
@@ -95,6 +162,13 @@ class HubConfig:
     max_connection_seconds: float | None
     publish_token: str | None
     max_publish_bytes: int
+    cors_origins: tuple[str, ...]
+    jwt_secret: str | None
+    jwt_public_key: str | None
+    jwt_audience: str | None
+    jwt_issuer: str | None
+    jwt_cookie: str
+    max_connections_per_ip: int | None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:
@@ -109,10 +183,14 @@ class HubConfig:
         shown = []
         for key in _PARSERS:
             value = getattr(self, key[len("SSE_"):].lower())
-            if key == "SSE_PUBLISH_TOKEN" and value:
+            if key in SECRETS and value:
                 value = "***"
             elif key == "SSE_REDIS_URL" and value:
                 value = _mask_url(value)
+            elif key == "SSE_JWT_PUBLIC_KEY" and value:
+                value = "(set)"
+            elif key == "SSE_CORS_ORIGINS":
+                value = ",".join(value) or None
             shown.append(f"{key}={value}")
         return " ".join(shown)
 

@@ -14,6 +14,8 @@ class HubError(Exception):
 
     #: HTTP status answered when this error ends a request.
     status: int = 500
+    #: Extra headers of that answer (e.g. ``WWW-Authenticate`` on 401). Never mutated.
+    headers: dict[str, str] = {}  # noqa: RUF012 - read-only class default
 
 
 class InvalidChannel(HubError, ValueError):
@@ -44,6 +46,32 @@ class EventTooLarge(HubError, ValueError):
     """The encoded event is larger than ``SSE_MAX_EVENT_BYTES``."""
 
     status = 413
+
+
+class Unauthorized(HubError):
+    """A request needs a valid token (``SSE_JWT_*``): none, malformed, expired or wrongly signed."""
+
+    status = 401
+
+    def __init__(self, reason: str, *, token_given: bool = True) -> None:
+        super().__init__(reason)
+        # RFC 6750 §3: say how to authenticate, and why a given token failed.
+        challenge = 'Bearer realm="flask-sse-hub"'
+        if token_given:
+            challenge += ', error="invalid_token"'
+        self.headers = {"WWW-Authenticate": challenge}
+
+
+class Forbidden(HubError):
+    """A valid token (or ``@authorize``) does not grant this channel."""
+
+    status = 403
+
+
+class TooManyConnections(HubError):
+    """A client address already holds ``SSE_MAX_CONNECTIONS_PER_IP`` streams on this worker."""
+
+    status = 429
 
 
 class BackendUnavailable(HubError):

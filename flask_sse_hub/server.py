@@ -19,9 +19,10 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import sse
+from .auth import Grants, request_token
 from .blueprint import Hub, error_response
 from .config import from_environ
-from .errors import HubError
+from .errors import HubError, Unauthorized
 from .wire import Event, make_event
 
 log = logging.getLogger("flask_sse_hub")
@@ -56,9 +57,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def hub_error(exc: HubError) -> Response:
         if exc.status in (401, 403):
             log.warning("refused publish from %s: %s", request.remote_addr, exc)
-        response = error_response(exc)
-        response.headers.update(getattr(exc, "headers", {}))
-        return response
+        return error_response(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -70,10 +69,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 response.headers[name] = value
         return response
 
+    if hub.cors is not None:
+        cors = hub.cors
+
+        @app.after_request
+        def add_cors_headers(response: Response) -> Response:
+            # The stream's answers get theirs from the blueprint.
+            return response if request.blueprint == sse.name else cors.apply(request, response)
+
     @app.post("/publish")
     def publish() -> tuple[Response, int]:
-        _check_publisher(hub)
+        grants = _check_publisher(hub)
         events, batch = _parse_publish_body(hub)
+        if grants is not None:
+            grants.check_publish({event.channel for event in events})
         ids = hub.broker.publish(events)
         # json.dumps straight into a Response: jsonify's provider machinery
         # was a fifth of this view's time in a profile of single publishes.
@@ -82,7 +91,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/")
     def demo() -> str:
-        return render_template("index.html", token_required=hub.config.publish_token is not None)
+        return render_template(
+            "index.html",
+            token_required=hub.config.publish_token is not None or hub.verifier is not None,
+        )
 
     @app.get("/healthz")
     def healthz() -> tuple[Response, int]:
@@ -100,17 +112,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def _check_publisher(hub: Hub) -> None:
-    token = hub.config.publish_token
-    if token is not None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), token.encode()
+def _check_publisher(hub: Hub) -> Grants | None:
+    """Who is publishing: ``None`` may publish anywhere, else the channels its token grants.
+
+    ``SSE_PUBLISH_TOKEN`` (compared in constant time) grants every channel; a
+    JWT (``SSE_JWT_*``) the channels of its ``sse.publish`` claim. With neither
+    set, only loopback clients may publish.
+    """
+    secret = hub.config.publish_token
+    if secret is not None or hub.verifier is not None:
+        token = request_token(request)
+        if token is not None and secret is not None and hmac.compare_digest(
+            token.encode(), secret.encode()
         ):
-            raise PublishRefused(
-                401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="publish"'}
+            return None
+        if hub.verifier is None:
+            raise Unauthorized(
+                "wrong bearer token" if token else "missing bearer token",
+                token_given=token is not None,
             )
-        return
+        return hub.verifier.grants(token)
     # A request relayed by a proxy on this host arrives from loopback too; it
     # is not a local publisher, so forwarding headers disqualify it.
     environ = request.environ
@@ -119,6 +140,7 @@ def _check_publisher(hub: Hub) -> None:
         raise PublishRefused(
             403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
         )
+    return None
 
 
 _FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")

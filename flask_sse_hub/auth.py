@@ -1,0 +1,223 @@
+"""Who may read and publish what: JWT channel grants, and the CORS policy.
+
+Tokens are verified with PyJWT. A token grants channels in its ``sse`` claim::
+
+    {"sse": {"subscribe": ["orders", "user:42:*"], "publish": ["orders"]},
+     "exp": 1767225600}
+
+An entry is an exact channel name or a prefix ending in ``*`` (``*`` alone:
+every channel). ``exp`` is required: a stream does not outlive its token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from flask import Request, Response
+
+from .config import HubConfig
+from .errors import ConfigError, Forbidden, Unauthorized
+
+#: Clock skew tolerated between the service minting tokens and the hub.
+LEEWAY_SECONDS = 10
+#: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+MIN_SECRET_BYTES = 32
+_GRANT = re.compile(r"\*|[A-Za-z0-9_\-.:/]{1,128}\*?")
+
+
+def _matches(patterns: tuple[str, ...], channel: str) -> bool:
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if channel.startswith(pattern[:-1]):
+                return True
+        elif channel == pattern:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What one verified token allows, and until when (Unix time)."""
+
+    subscribe: tuple[str, ...]
+    publish: tuple[str, ...]
+    expires_at: float
+
+    def check_subscribe(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            if not _matches(self.subscribe, channel):
+                raise Forbidden(f"token does not grant subscribing to channel {channel!r}")
+
+    def check_publish(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            if not _matches(self.publish, channel):
+                raise Forbidden(f"token does not grant publishing to channel {channel!r}")
+
+
+class TokenVerifier:
+    """Verifies tokens signed with ``SSE_JWT_SECRET`` (HS256) or ``SSE_JWT_PUBLIC_KEY``.
+
+    Each algorithm is bound to its own key (HS256 → the secret; RS256/ES256/
+    EdDSA → the public key, by its type), so a token cannot pick its key by
+    naming another algorithm.
+    """
+
+    def __init__(self, config: HubConfig) -> None:
+        self._keys: dict[str, Any] = {}
+        if config.jwt_secret is not None:
+            if len(config.jwt_secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"SSE_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2); "
+                    "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                )
+            self._keys["HS256"] = config.jwt_secret
+        if config.jwt_public_key is not None:
+            key, algorithms = _load_public_key(config.jwt_public_key)
+            self._keys.update(dict.fromkeys(algorithms, key))
+        self._audience = config.jwt_audience
+        self._issuer = config.jwt_issuer
+
+    @classmethod
+    def from_config(cls, config: HubConfig) -> TokenVerifier | None:
+        """A verifier when a JWT key is configured, else ``None`` (no token checks)."""
+        if config.jwt_secret is None and config.jwt_public_key is None:
+            return None
+        return cls(config)
+
+    def grants(self, token: str | None) -> Grants:
+        """The grants of ``token``; ``Unauthorized`` when it is missing or not valid."""
+        if token is None:
+            raise Unauthorized("a token is required", token_given=False)
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+            key = self._keys.get(algorithm) if isinstance(algorithm, str) else None
+            if key is None:
+                raise Unauthorized(
+                    f"token algorithm {algorithm!r} not accepted "
+                    f"(accepted: {', '.join(sorted(self._keys))})"
+                )
+            claims = jwt.decode(
+                token, key, algorithms=[str(algorithm)], audience=self._audience,
+                issuer=self._issuer, leeway=LEEWAY_SECONDS,
+                options={"require": ["exp"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token: {exc}") from None
+        return _grants_from_claims(claims)
+
+
+def _grants_from_claims(claims: dict[str, Any]) -> Grants:
+    sse = claims.get("sse", {})
+    if not isinstance(sse, dict):
+        raise Unauthorized("invalid token: claim 'sse' must be an object")
+    lists = {}
+    for action in ("subscribe", "publish"):
+        entries = sse.get(action, [])
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, str) and _GRANT.fullmatch(entry) for entry in entries
+        ):
+            raise Unauthorized(
+                f"invalid token: claim 'sse.{action}' must be a list of channel names "
+                "or prefixes ending in '*'"
+            )
+        lists[action] = tuple(entries)
+    return Grants(lists["subscribe"], lists["publish"], float(claims["exp"]))
+
+
+def _load_public_key(value: str) -> tuple[Any, tuple[str, ...]]:
+    """A PEM public key (the text, or the path of a file holding it) and its algorithms."""
+    pem = value if value.lstrip().startswith("-----BEGIN") else _read_key_file(value)
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise ConfigError(
+            "SSE_JWT_PUBLIC_KEY needs the cryptography package: pip install 'flask-sse-hub[rsa]'"
+        ) from None
+    try:
+        key = load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise ConfigError(f"SSE_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ("RS256", "RS384", "RS512")
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, ("ES256", "ES384", "ES512")
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key, ("EdDSA",)
+    raise ConfigError(f"SSE_JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
+
+
+def _read_key_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"SSE_JWT_PUBLIC_KEY is neither PEM text nor a readable PEM file: {exc}"
+        ) from None
+
+
+def request_token(request: Request, cookie: str | None = None, *, query: bool = False) -> (
+    str | None
+):
+    """The token a request presents: ``Authorization: Bearer``, then ``?token=``, then a cookie.
+
+    ``query`` and ``cookie`` are for subscribing: ``EventSource`` cannot set
+    headers. A publisher must use the header (a cookie would let any page the
+    user visits publish in their name).
+    """
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+        return value.strip()
+    if query and "token" in request.args:
+        return request.args["token"]
+    if cookie is not None:
+        return request.cookies.get(cookie)
+    return None
+
+
+class CorsPolicy:
+    """``SSE_CORS_ORIGINS``: which other origins' pages may read the hub's answers.
+
+    Listed origins are echoed with ``Access-Control-Allow-Credentials: true``
+    (cookies and ``withCredentials`` work); ``*`` allows every origin but never
+    with credentials. Origins not listed get no CORS headers: the browser then
+    withholds the answer from the page.
+    """
+
+    #: Request headers a cross-origin page may send (preflight answer).
+    ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+    MAX_AGE = "600"
+
+    def __init__(self, origins: tuple[str, ...]) -> None:
+        self._any = origins == ("*",)
+        self._origins = frozenset(origins)
+
+    def apply(self, request: Request, response: Response) -> Response:
+        """Add the CORS headers ``request`` earns to ``response``."""
+        if not self._any:
+            response.vary.add("Origin")
+        origin = request.headers.get("Origin")
+        if origin is None or not (self._any or origin in self._origins):
+            return response
+        headers = response.headers
+        if self._any:
+            headers["Access-Control-Allow-Origin"] = "*"
+        else:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Allow-Credentials"] = "true"
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            allowed = headers.get("Allow", "GET, HEAD, OPTIONS")
+            headers["Access-Control-Allow-Methods"] = allowed
+            headers["Access-Control-Allow-Headers"] = self.ALLOW_HEADERS
+            headers["Access-Control-Max-Age"] = self.MAX_AGE
+        return response
