@@ -21,6 +21,9 @@ graceful_timeout = int(os.environ.get("SSE_GRACEFUL_TIMEOUT", "10"))
 timeout = 30
 keepalive = 5
 accesslog = os.environ.get("SSE_ACCESS_LOG") or None
+# gunicorn's default format, but the path without its query string: a
+# subscriber's ?token= must not end up in a log file.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"
 # gunicorn >= 25's control socket lives at one path in $HOME: two hubs on one
 # machine would fight over it, and the hub needs none.
