@@ -6,7 +6,8 @@ Tokens are verified with PyJWT. A token grants channels in its ``sse`` claim::
      "exp": 1767225600}
 
 An entry is an exact channel name or a prefix ending in ``*`` (``*`` alone:
-every channel). ``exp`` is required: a stream does not outlive its token.
+every channel). ``exp`` is required: a stream does not outlive its token
+(plus the ``LEEWAY_SECONDS`` of clock skew tolerated when checking it).
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ def _matches(patterns: tuple[str, ...], channel: str) -> bool:
 
 @dataclass(frozen=True)
 class Grants:
-    """What one verified token allows, and until when (Unix time)."""
+    """What one verified token allows, and until when (Unix time).
+
+    ``expires_at`` is ``exp`` plus the tolerated clock skew: the moment the
+    same token stops being accepted, so a stream ended then is not reopened
+    with it.
+    """
 
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
@@ -128,7 +134,7 @@ def _grants_from_claims(claims: dict[str, Any]) -> Grants:
                 "or prefixes ending in '*'"
             )
         lists[action] = tuple(entries)
-    return Grants(lists["subscribe"], lists["publish"], float(claims["exp"]))
+    return Grants(lists["subscribe"], lists["publish"], float(claims["exp"]) + LEEWAY_SECONDS)
 
 
 def _load_public_key(value: str) -> tuple[Any, tuple[str, ...]]:
