@@ -24,11 +24,14 @@ from .errors import (
     BackendUnavailable,
     ConfigError,
     EventTooLarge,
+    Forbidden,
     HubError,
     InvalidChannel,
     InvalidData,
     InvalidEventType,
     TooManyChannels,
+    TooManyConnections,
+    Unauthorized,
 )
 from .wire import Event
 
@@ -37,6 +40,7 @@ __all__ = [
     "ConfigError",
     "Event",
     "EventTooLarge",
+    "Forbidden",
     "Hub",
     "HubError",
     "InvalidChannel",
@@ -44,6 +48,8 @@ __all__ = [
     "InvalidEventType",
     "SSEBlueprint",
     "TooManyChannels",
+    "TooManyConnections",
+    "Unauthorized",
     "hubs",
     "publish",
     "shutdown",
