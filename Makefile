@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_CLIENTS := tests/clients/node
+NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 
 .PHONY: run test lint system-deps clean
 
@@ -17,11 +19,11 @@ run: $(STAMP)
 	$(BIN)/gunicorn wsgi:app
 
 ## Lint, type-check, then the whole test suite.
-test: lint system-deps
+test: lint system-deps $(NODE_STAMP)
 	$(BIN)/pytest
 
 ## Debian packages the tests drive for real (installed when missing and we are root).
-SYSTEM_DEPS := redis-server:redis-server chromium:chromium
+SYSTEM_DEPS := redis-server:redis-server chromium:chromium node:nodejs npm:npm
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 	  command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \
@@ -33,12 +35,18 @@ system-deps:
 	  else echo "missing$$missing and not root: the tests needing them will skip"; fi; \
 	fi
 
+## The Node clients the tests drive (the eventsource npm package), as package-lock.json pins them.
+$(NODE_STAMP): $(NODE_CLIENTS)/package.json $(NODE_CLIENTS)/package-lock.json | system-deps
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd $(NODE_CLIENTS) && npm ci --no-audit --no-fund --ignore-scripts && touch node_modules/.installed; \
+	else echo "npm is missing: the Node client tests need it (they skip only when node is missing too)"; fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check flask_sse_hub tests wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(NODE_CLIENTS)/node_modules
 
 ## The benchmark against the peers (see bench/README.md); BENCH_ARGS=--quick for a smoke run.
 .PHONY: bench

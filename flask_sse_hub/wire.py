@@ -148,12 +148,15 @@ def encode_preamble(retry_ms: int) -> bytes:
     """The first chunk of every stream: the reconnect delay and a comment.
 
     Written right after the headers so that clients, proxies and load
-    balancers see the stream open at once.
+    balancers see the stream open at once. No blank line ends it: it is not
+    an event (a WHATWG parser dispatches nothing either way, but parsers like
+    httpx-sse 0.4 turn every blank line into an empty ``message``).
     """
-    return f"retry: {retry_ms}\n: flask-sse-hub stream open\n\n".encode("ascii")
+    return f"retry: {retry_ms}\n: flask-sse-hub stream open\n".encode("ascii")
 
 
-HEARTBEAT = b": heartbeat\n\n"
+#: A comment line alone, for the same reason as the preamble: no blank line.
+HEARTBEAT = b": heartbeat\n"
 
 
 def encode_ping(event_type: str) -> bytes:
