@@ -28,6 +28,8 @@ from .errors import ConfigError, Forbidden, Unauthorized
 LEEWAY_SECONDS = 10
 #: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 MIN_SECRET_BYTES = 32
+#: Year 10000: later expiries are treated as this one.
+MAX_EXP = 253402300800
 _GRANT = re.compile(r"\*|[A-Za-z0-9_\-.:/]{1,128}\*?")
 
 
@@ -110,7 +112,7 @@ class TokenVerifier:
             claims = jwt.decode(
                 token, key, algorithms=[str(algorithm)], audience=self._audience,
                 issuer=self._issuer, leeway=LEEWAY_SECONDS,
-                options={"require": ["exp"], "verify_aud": self._audience is not None},
+                options={"require": ["exp"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
@@ -134,7 +136,9 @@ def _grants_from_claims(claims: dict[str, Any]) -> Grants:
                 "or prefixes ending in '*'"
             )
         lists[action] = tuple(entries)
-    return Grants(lists["subscribe"], lists["publish"], float(claims["exp"]) + LEEWAY_SECONDS)
+    # PyJWT compared int(exp); clamped so that an absurd (but signed) exp stays a float.
+    expires_at = min(int(claims["exp"]), MAX_EXP) + LEEWAY_SECONDS
+    return Grants(lists["subscribe"], lists["publish"], float(expires_at))
 
 
 def _load_public_key(value: str) -> tuple[Any, tuple[str, ...]]:
@@ -182,7 +186,9 @@ def request_token(request: Request, cookie: str | None = None, *, query: bool = 
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+            raise Unauthorized(
+                "the Authorization header must be 'Bearer <token>'", token_given=False
+            )
         return value.strip()
     if query and "token" in request.args:
         return request.args["token"]

@@ -25,6 +25,7 @@ from .wire import (
     HEARTBEAT,
     encode_gap,
     encode_ping,
+    encode_position,
     encode_preamble,
     make_event,
     validate_channel,
@@ -291,6 +292,8 @@ def _stream(
         if replay.gap:
             assert last_id is not None
             first += encode_gap(last_id, replay.gap_position)
+        elif replay.start is not None:
+            first += encode_position(replay.start)
         yield first
         for chunk, count in join_chunks(event.frame for event in replay.events):
             yield chunk

@@ -51,11 +51,15 @@ class Replay:
     ``gap`` is true when the requested id is unknown (garbage, another hub's
     epoch) or older than the retained history; ``gap_position`` is then the id
     just before ``events`` (None when there is no such id to give).
+    ``start`` is, for a subscription without ``last_id``, the position it
+    starts after (None when none is known yet): its client's resume point
+    until the first event reaches it.
     """
 
     events: list[Published] = field(default_factory=list)
     gap: bool = False
     gap_position: str | None = None
+    start: str | None = None
 
 
 #: Queue items: ``(chunk, number of events in it)``; ``CLOSE`` ends the stream.
@@ -253,7 +257,7 @@ class Broker:
             self.connections += 1
             upto = self._position
         if last_id is None:
-            return sub, Replay()
+            return sub, Replay(start=upto)
         try:
             replay = self.backend.replay(sub.channels, last_id, upto)
         except BaseException:

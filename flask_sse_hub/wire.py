@@ -26,6 +26,7 @@ MAX_EVENT_TYPE_LENGTH = 128
 #: Event types the hub itself sends; publishers may not use this prefix.
 RESERVED_TYPE_PREFIX = "sse-hub-"
 GAP_EVENT_TYPE = "sse-hub-gap"
+POSITION_EVENT_TYPE = "sse-hub-position"
 #: ``id: `` + the longest id + LF: the room an id line can take in a frame.
 MAX_ID_LINE_BYTES = len(b"id: \n") + 64
 
@@ -180,6 +181,19 @@ def encode_gap(requested_id: str, position_id: str | None) -> bytes:
     body = encode_body(json.dumps({"last_event_id": requested_id}), event=None)
     body = f"event: {GAP_EVENT_TYPE}\n".encode() + body
     return frame(position_id, body) if position_id is not None else body
+
+
+def encode_position(position_id: str) -> bytes:
+    """Where a new stream starts, as the client's last event id; dispatches no event.
+
+    A block with an id and no data sets a WHATWG client's last event id and
+    fires nothing. Without it, a stream the hub ends before its first event
+    (slow, max age, shutdown) would reconnect with no ``Last-Event-ID`` and
+    miss what was published meanwhile. The type is for lenient parsers that
+    report data-less blocks anyway (httpx-sse): they see a hub event, not an
+    empty ``message``.
+    """
+    return f"id: {position_id}\nevent: {POSITION_EVENT_TYPE}\n\n".encode("ascii")
 
 
 def _preview(value: object, limit: int = 40) -> str:

@@ -42,6 +42,8 @@ class MemoryBackend(Backend):
         self.published = 0
 
     def start(self, sink: Sink) -> None:
+        # Before the first event: a known position (replay from it is complete).
+        sink.set_position(f"{self.epoch}-0")
         self._thread = threading.Thread(
             target=self._broadcast, args=(sink.fan_out,), name="sse-broadcaster", daemon=True
         )

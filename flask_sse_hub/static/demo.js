@@ -20,6 +20,7 @@
   let everOpen = false;
   let reconnects = 0;
   let received = 0;
+  let lastId = null; // the id the browser resumes after, as far as the page saw
 
   // -- small helpers ----------------------------------------------------------
 
@@ -82,6 +83,7 @@
   }
 
   function setLastId(id) {
+    lastId = id || null;
     $("last-id").textContent = id || "–";
   }
 
@@ -112,7 +114,8 @@
       if (es !== source) return;
       if (everOpen) reconnects += 1;
       everOpen = true;
-      setState("open", reconnects ? `resumed (${reconnects} reconnect${reconnects > 1 ? "s" : ""})` : "");
+      const times = `${reconnects} reconnect${reconnects > 1 ? "s" : ""}`;
+      setState("open", !reconnects ? "" : lastId ? `resumed (${times})` : `reconnected (${times})`);
       refreshStats();
     };
     es.onerror = () => {
@@ -121,7 +124,9 @@
         setState("closed", "the hub refused the stream");
         explainRefusal(es, url);
       } else if (everOpen) {
-        setState("reconnecting", "the browser retries and resumes after the last id");
+        setState("reconnecting", lastId
+          ? "the browser retries, then resumes after the last id"
+          : "the browser retries (no event seen yet: it starts from now)");
       } else {
         setState("connecting", "the hub is not answering; retrying");
       }
@@ -354,10 +359,12 @@
       renderChannels(stats.channels || {});
       status.textContent = `updated ${clock(new Date())} · this worker`;
       status.classList.remove("error");
+      $("stats-panel").classList.remove("stale");
     } catch (err) {
       if (round !== statsRound) return;
       status.textContent = `stats unavailable (${err.message}); retrying`;
       status.classList.add("error");
+      $("stats-panel").classList.add("stale");
     } finally {
       if (round === statsRound) statsTimer = setTimeout(refreshStats, STATS_EVERY_MS);
     }

@@ -136,9 +136,10 @@ def test_named_event_arrives_with_its_type(hub: HubServer, event_type: str) -> N
 
 def test_event_without_type_is_a_message_event(hub: HubServer) -> None:
     stream = hub.subscribe("untyped")
-    hub.publish("x", channel="untyped")
+    event_id = hub.publish("x", channel="untyped")
     assert stream.next_event(timeout=5).type == "message"
-    assert b"event:" not in stream.body
+    # Its frame has no event: line (the stream's position block before it has one).
+    assert stream.body.endswith(f"\n\nid: {event_id}\ndata: x\n\n".encode())
 
 
 def test_retry_field_reaches_the_client(hub: HubServer) -> None:

@@ -142,7 +142,9 @@ def test_ping_event_replaces_the_heartbeat_comment(make_app: Callable[..., Flask
     stream = open_stream(app)
     try:
         (ping,) = stream.read(1)
-        assert ping == Event(type="ping", data="", last_event_id="")
+        # The stream's start position (before any event) is its last event id.
+        assert ping == Event(type="ping", data="", last_event_id=ping.last_event_id)
+        assert ping.last_event_id.endswith("-0")
     finally:
         stream.close()
 

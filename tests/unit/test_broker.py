@@ -173,7 +173,7 @@ def run_fanout_scenario(
             if i % 5 == 0:
                 wanted.update(channels)
             sub, replay = broker.subscribe(sorted(wanted))
-            assert replay == Replay()
+            assert replay.events == [] and not replay.gap
             readers.append((frozenset(wanted), QueueReader(sub, f"reader-{i}").start()))
 
         published: dict[str, tuple[str, dict[str, int]]] = {}
@@ -503,6 +503,23 @@ def test_resume_from_latest_id_replays_nothing(make_broker: Callable[..., Broker
     ids = publish_and_settle(broker, [("a", "x"), ("a", "y")])
     _, replay = broker.subscribe(["a"], last_id=ids[-1])
     assert replay == Replay()
+
+
+@pytest.mark.parametrize("published_before", [0, 3])
+def test_a_new_subscription_starts_at_a_position_that_resumes_without_loss(
+    make_broker: Callable[..., Broker], published_before: int,
+) -> None:
+    # A stream ended before its first event (slow, max age, shutdown) has only
+    # this start position to resume from: it must be known, and complete.
+    broker = make_broker()
+    before = publish_and_settle(broker, [("a", f"old-{n}") for n in range(published_before)])
+    sub, replay = broker.subscribe(["a"])
+    assert replay.start == (before[-1] if before else f"{broker.backend.epoch}-0")  # type: ignore[attr-defined]
+    broker.unsubscribe(sub)
+    meanwhile = publish_and_settle(broker, [("a", "m1"), ("b", "other"), ("a", "m2")])
+    _, resumed = broker.subscribe(["a"], last_id=replay.start)
+    assert not resumed.gap
+    assert [event.id for event in resumed.events] == [meanwhile[0], meanwhile[2]]
 
 
 def test_resume_with_an_id_published_but_not_yet_fanned_out_is_not_a_gap(

@@ -11,6 +11,12 @@ therefore ends neither its preamble nor its heartbeats with a blank line, and
 these tests assert that httpx-sse users see no such phantom: every event
 yielded is one the hub published (:class:`Reader` counts phantoms, the
 reconnect-loop test, with a heartbeat every 0.2 s, asserts there are none).
+
+A new stream starts with the hub's position block (``id:`` and type
+``sse-hub-position``, no data): a WHATWG client fires nothing for it but takes
+its id, so a stream ended before its first event still resumes. httpx-sse
+yields it as an event of that type; :class:`Reader` does what the README
+tells such clients to do: keep its id as the resume point, pass it on to no one.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from .conftest import TRICKY
 
 pytestmark = pytest.mark.integration
 
+POSITION_EVENT = "sse-hub-position"
+
 #: Per read: what a test waits at most for the next bytes of a stream.
 READ_TIMEOUT = 10.0
 
@@ -45,11 +53,19 @@ class Reader:
         #: The last ``retry`` httpx-sse reported (it is how its users learn the delay).
         self.retry: int | None = None
         self.phantoms = 0
+        #: Where to resume from: the last id seen, the position block's included.
+        self.resume_id: str | None = None
 
     def __iter__(self) -> Iterator[ServerSentEvent]:
         for sse in self._events:
             if sse.retry is not None:
                 self.retry = sse.retry
+            if sse.id:
+                self.resume_id = sse.id
+            if sse.event == POSITION_EVENT:
+                assert sse.data == "", sse
+                self._last_id = sse.id
+                continue
             if sse.event == "message" and sse.data == "" and sse.id == self._last_id:
                 self.phantoms += 1
             self._last_id = sse.id
@@ -213,13 +229,13 @@ def test_a_reconnect_loop_misses_nothing_while_the_hub_ends_streams(
     received: list[ServerSentEvent] = []
     connections = phantoms = 0
     retry: int | None = None
+    resume_id: str | None = None
     give_up = time.monotonic() + 15.0
     with client() as http:
         while not (received and received[-1].data == "end"):
             assert time.monotonic() < give_up, (
                 f"{connections} connections, {len(received)} events, {phantoms} phantoms")
-            last_id = received[-1].id if received else ""
-            headers = {"Last-Event-ID": last_id} if last_id else {}
+            headers = {"Last-Event-ID": resume_id} if resume_id else {}
             with connect_sse(http, "GET", stream_url(hub), params=channels("httpx-loop"),
                              headers=headers) as source:
                 assert source.response.status_code == 200
@@ -232,6 +248,7 @@ def test_a_reconnect_loop_misses_nothing_while_the_hub_ends_streams(
                         break
                 phantoms += reader.phantoms
                 retry = reader.retry or retry
+                resume_id = reader.resume_id or resume_id
             if received and received[-1].data == "end":
                 break
             time.sleep((retry or 1000) / 1000)  # the delay the hub asked for
