@@ -84,7 +84,8 @@ def serialize_data(data: object) -> str:
     """The text an event carries: ``str`` as is, anything else as compact JSON.
 
     Raises :class:`TypeError` for values JSON cannot encode and
-    :class:`InvalidData` for NaN/Infinity, which ``JSON.parse`` rejects.
+    :class:`InvalidData` for NaN/Infinity, which ``JSON.parse`` rejects, and
+    for nesting too deep to encode.
     """
     if isinstance(data, str):
         return data
@@ -92,6 +93,8 @@ def serialize_data(data: object) -> str:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError as exc:  # allow_nan=False, or a circular reference
         raise InvalidData(f"data cannot be encoded as JSON: {exc}") from None
+    except RecursionError:  # found by the fuzz test: ~1000 nested lists gave a 500
+        raise InvalidData("data is nested too deeply to encode as JSON") from None
 
 
 def encode_body(

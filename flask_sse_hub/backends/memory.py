@@ -100,6 +100,8 @@ class MemoryBackend(Backend):
         epoch, _, seq = event_id.partition("-")
         if epoch != self.epoch or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
             return None
+        if len(seq) > 1 and seq[0] == "0":  # never issued: "007" is not position 7
+            return None
         return int(seq)
 
     def is_ahead(self, event_id: str, position: str | None) -> bool:

@@ -834,3 +834,14 @@ def test_an_event_is_encoded_once_and_its_bytes_shared_by_every_subscriber(
     assert f"id: {event_id}\n".encode() in chunks[0]
     # Not 50 equal copies: the very same bytes object in every queue.
     assert all(chunk is chunks[0] for chunk in chunks)
+
+
+def test_an_id_written_with_leading_zeros_is_unknown_not_a_position(
+    make_broker: Callable[..., Broker],
+) -> None:
+    broker = make_broker()
+    ids = publish_and_settle(broker, [("a", str(n)) for n in range(10)])
+    epoch, _, seq = ids[6].rpartition("-")
+    _, replay = broker.subscribe(["a"], last_id=f"{epoch}-00{seq}")
+    assert replay.gap
+    assert [event.id for event in replay.events] == ids

@@ -448,3 +448,12 @@ def test_gap_event_round_trips_any_requested_id(requested: str, position: str) -
     assert event.type == GAP_EVENT_TYPE
     assert json.loads(event.data) == {"last_event_id": requested}
     assert event.last_event_id == position
+
+
+def test_data_nested_too_deeply_to_encode_is_invalid_data_not_a_recursion_error() -> None:
+    # Found by the fuzz test: ~1000 nested lists parse (C decoder) but do not encode.
+    deep: list[object] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(errors.InvalidData, match="nested too deeply"):
+        make_event(deep)
