@@ -1002,8 +1002,9 @@ def main() -> None:
                 cell["status"] = "failed: " + "; ".join(cell["warnings"])[:300]
             save()
     save()
-    log(f"done in {(time.monotonic() - started) / 60:.1f} min: {json_path.relative_to(ROOT)}, "
-        f"{(out_dir / 'results.md').relative_to(ROOT)}, {(out_dir / 'results.png').relative_to(ROOT)}")
+    shown = [os.path.relpath(path, ROOT) for path in
+             (json_path, out_dir / "results.md", out_dir / "results.png")]
+    log(f"done in {(time.monotonic() - started) / 60:.1f} min: {', '.join(shown)}")
 
 
 if __name__ == "__main__":
