@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "SSE_JWT_ISSUER": None,
     "SSE_JWT_COOKIE": "sse_token",
     "SSE_MAX_CONNECTIONS_PER_IP": None,
+    # Standalone: reverse proxies whose X-Forwarded-* headers are trusted.
+    "SSE_PROXY_HOPS": 0,
 }
 
 #: Settings whose values are never logged.
@@ -60,6 +62,16 @@ def _positive_float(key: str, value: Any) -> float:
     if isinstance(value, bool) or not number > 0 or number == float("inf"):
         raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
     return number
+
+
+def _count(key: str, value: Any) -> int:
+    """A non-negative integer (0 allowed)."""
+    if value in (0, "0", "", None) and not isinstance(value, bool):
+        return 0
+    try:
+        return _positive_int(key, value)
+    except ConfigError:
+        raise ConfigError(f"{key} must be 0 or a positive integer, got {value!r}") from None
 
 
 def _optional(parse: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
@@ -144,6 +156,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_JWT_ISSUER": _optional_str,
     "SSE_JWT_COOKIE": _cookie_name,
     "SSE_MAX_CONNECTIONS_PER_IP": _optional(_positive_int),
+    "SSE_PROXY_HOPS": _count,
 }
 
 
@@ -169,6 +182,7 @@ class HubConfig:
     jwt_issuer: str | None
     jwt_cookie: str
     max_connections_per_ip: int | None
+    proxy_hops: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import sse
 from .auth import Grants, request_token
@@ -52,6 +53,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _use_gunicorn_logging()
     app.register_blueprint(sse, url_prefix="/stream")
     hub = sse.hub(app)
+    hops = hub.config.proxy_hops
+    if hops:
+        # Behind that many reverse proxies: the client's address (per-IP
+        # limit, logs), scheme, host and path prefix come from X-Forwarded-*.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops,
+        )
 
     @app.errorhandler(HubError)
     def hub_error(exc: HubError) -> Response:

@@ -351,3 +351,17 @@ def test_summary_of_unset_keys() -> None:
     assert "SSE_JWT_SECRET=None" in summary
     assert "SSE_CORS_ORIGINS=None" in summary
     assert "SSE_MAX_CONNECTIONS_PER_IP=None" in summary
+
+
+@pytest.mark.parametrize(
+    ("value", "hops"), [(None, 0), (0, 0), ("0", 0), ("", 0), ("2", 2), (1, 1)]
+)
+def test_proxy_hops_counts_trusted_proxies(value: Any, hops: int) -> None:
+    config = {} if value is None else {"SSE_PROXY_HOPS": value}
+    assert HubConfig.from_mapping(config).proxy_hops == hops
+
+
+@pytest.mark.parametrize("value", [-1, "-1", "two", 1.5, True])
+def test_proxy_hops_refuses_what_is_not_a_count(value: Any) -> None:
+    with pytest.raises(ConfigError, match="SSE_PROXY_HOPS must be 0 or a positive integer"):
+        HubConfig.from_mapping({"SSE_PROXY_HOPS": value})
