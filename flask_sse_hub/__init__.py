@@ -19,6 +19,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from .auth import mint_token
 from .blueprint import EXTENSION_KEY, Hub, SSEBlueprint
 from .errors import (
     BackendUnavailable,
@@ -51,6 +52,7 @@ __all__ = [
     "TooManyConnections",
     "Unauthorized",
     "hubs",
+    "mint_token",
     "publish",
     "shutdown",
     "sse",

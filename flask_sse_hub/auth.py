@@ -13,6 +13,7 @@ every channel). ``exp`` is required: a stream does not outlive its token
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,34 @@ def _grants_from_claims(claims: dict[str, Any]) -> Grants:
     # PyJWT compared int(exp); clamped so that an absurd (but signed) exp stays a float.
     expires_at = min(int(claims["exp"]), MAX_EXP) + LEEWAY_SECONDS
     return Grants(lists["subscribe"], lists["publish"], float(expires_at))
+
+
+def mint_token(
+    secret: str, *, subscribe: Iterable[str] = (), publish: Iterable[str] = (),
+    ttl: float = 3600, subject: str | None = None, audience: str | None = None,
+    issuer: str | None = None,
+) -> str:
+    """A token (HS256, ``secret``) granting the given channels for ``ttl`` seconds.
+
+    For Flask apps that share ``SSE_JWT_SECRET`` with the hub; others mint the
+    same claims with any JWT library (README)::
+
+        token = mint_token(app.config["SSE_JWT_SECRET"], subscribe=["orders", "user:42:*"])
+    """
+    grants = {"subscribe": list(subscribe), "publish": list(publish)}
+    for action, entries in grants.items():
+        for entry in entries:
+            if not isinstance(entry, str) or not _GRANT.fullmatch(entry):
+                raise ValueError(
+                    f"{action}: {entry!r} is neither a channel name nor a prefix ending in '*'"
+                )
+    if not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    claims: dict[str, Any] = {"sse": grants, "exp": int(time.time() + ttl)}
+    for claim, value in (("sub", subject), ("aud", audience), ("iss", issuer)):
+        if value is not None:
+            claims[claim] = value
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def _load_public_key(value: str) -> tuple[Any, tuple[str, ...]]:
