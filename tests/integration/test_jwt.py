@@ -9,6 +9,9 @@ replayed. Tokens never reach the server's log, access log included.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import math
 import time
@@ -211,3 +214,37 @@ def test_no_token_reaches_the_log(hub: HubServer) -> None:
     for token in (good, forged, ungranted):
         for part in token.split("."):
             assert part not in log, f"token part {part[:12]}... found in the server log"
+
+
+def test_rs256_tokens_with_the_public_key_from_a_file(
+    start_hub: HubLauncher, tmp_path: Any,
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    key_file = tmp_path / "hub-public.pem"
+    key_file.write_bytes(public_pem)
+    rs_hub = start_hub(SSE_JWT_PUBLIC_KEY=str(key_file))
+
+    def rs256(sse: dict[str, Any]) -> str:
+        return jwt.encode({"sse": sse, "exp": int(time.time() + 300)}, private, algorithm="RS256")
+
+    stream = rs_hub.subscribe("signed", headers=bearer(rs256({"subscribe": ["signed"]})))
+    status, answer = rs_hub.post_json("/publish", {"channel": "signed", "data": "by RS256"},
+                                      headers=bearer(rs256({"publish": ["signed"]})))
+    assert status == 202, answer
+    assert stream.until_id(answer["id"])[-1].data == "by RS256"
+    # Algorithm confusion: HS256 "signed" with the (public) PEM as the secret
+    # (PyJWT refuses to make one, so by hand) is refused, and so is no token.
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    claims = {"sse": {"subscribe": ["signed"]}, "exp": int(time.time() + 300)}
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    forged = signing_input + "." + b64(
+        hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())
+    refused_stream(rs_hub, "/stream?channel=signed", bearer(forged), 401)
+    refused_stream(rs_hub, "/stream?channel=signed", {}, 401)
