@@ -42,8 +42,7 @@ from werkzeug.test import TestResponse
 import flask_sse_hub
 from flask_sse_hub import Forbidden, SSEBlueprint, Unauthorized
 from flask_sse_hub.auth import LEEWAY_SECONDS, CorsPolicy, Grants, TokenVerifier
-from flask_sse_hub.config import DEFAULTS, HubConfig
-from flask_sse_hub.server import create_app
+from flask_sse_hub.config import HubConfig
 from tests.support.sse_parser import Event, EventStreamParser
 
 SECRET = "unit-test-hs256-secret-0123456789abcdef"  # 39 bytes
@@ -136,22 +135,6 @@ def bearer(token: str) -> dict[str, str]:
 # -- apps ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_hub_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
-    """``create_app()`` with a clean environment; its hub is stopped after the test."""
-    for key in DEFAULTS:
-        monkeypatch.delenv(key, raising=False)
-    apps: list[Flask] = []
-
-    def factory(**config: Any) -> Flask:
-        app = create_app({"SSE_HEARTBEAT_SECONDS": HEARTBEAT, **config})
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        for hub in flask_sse_hub.hubs(app).values():
-            hub.broker.stop()
 
 
 @pytest.fixture

@@ -28,8 +28,6 @@ from flask_sse_hub import (
     InvalidEventType,
     SSEBlueprint,
 )
-from flask_sse_hub.config import DEFAULTS
-from flask_sse_hub.server import create_app
 from tests.support.sse_parser import Event, EventStreamParser
 
 WAIT = 10.0  # seconds: the bound on every wait
@@ -556,22 +554,6 @@ def test_cli_publish_refuses_bad_input_with_the_reason(
 # -- the standalone hub (create_app) ---------------------------------------------------
 
 
-@pytest.fixture
-def make_hub_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flask]]:
-    """``create_app()`` with a clean environment; its hub is stopped after the test."""
-    for key in DEFAULTS:
-        monkeypatch.delenv(key, raising=False)
-    apps: list[Flask] = []
-
-    def factory(**config: Any) -> Flask:
-        app = create_app({"SSE_HEARTBEAT_SECONDS": HEARTBEAT, **config})
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        for hub in flask_sse_hub.hubs(app).values():
-            hub.broker.stop()
 
 
 def post_publish(app: Flask, body: Any, **kwargs: Any) -> TestResponse:
