@@ -225,7 +225,7 @@ class RedisBackend(Backend):
                 # clock skew): at worst a few seconds of older events.
                 since = f"{int((self._started_at - _CLOCK_MARGIN) * 1000)}-0"
                 if _stream_key(since) < _stream_key(position):
-                    position = since
+                    position = self._position_at(conn, since)
             sink.set_position(position)
             self._ready.set()
             return position
@@ -233,6 +233,19 @@ class RedisBackend(Backend):
             log.warning("Redis lost the events after %s (restarted or trimmed)", last_id)
             sink.broadcast_gap(last_id)
         return last_id
+
+    def _position_at(self, conn: redis.Redis, moment: str) -> str:
+        """The last position at or before the id ``moment``, as one ``_locate`` knows.
+
+        A moment between entries is no stream position: a client given it as
+        its start (``sse-hub-position``) would resume with a gap. The newest
+        entry at or before it is one, else the id just before the oldest entry.
+        """
+        older: Any = conn.xrevrange(self.key, max=moment, count=1)
+        if older:
+            return str(older[0][0].decode())
+        oldest: Any = conn.xrange(self.key, count=1)
+        return _previous_id(oldest[0][0].decode()) if oldest else "0-0"
 
     def _locate(self, conn: redis.Redis, event_id: str) -> tuple[bool, str]:
         """Whether resuming after ``event_id`` misses nothing, and the gap position.

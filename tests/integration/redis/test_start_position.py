@@ -10,6 +10,9 @@ or after a restart as well.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import pytest
 
 from tests.integration.conftest import GAP_EVENT, HubLauncher
@@ -45,3 +48,47 @@ def test_a_stream_ended_before_its_first_event_resumes_from_its_start_position(
     assert [(event.data, event.last_event_id) for event in events] == [
         *((f"missed-{n}", missed[n]) for n in range(3)), ("live", live),
     ]
+
+
+class _Sink:
+    """What the broker would learn from the broadcaster (``Sink``), recorded."""
+
+    def __init__(self) -> None:
+        self.positions: list[str] = []
+
+    def fan_out(self, batch: list[Any]) -> None:
+        pass
+
+    def set_position(self, position: str) -> None:
+        self.positions.append(position)
+
+    def broadcast_gap(self, last_id: str) -> None:
+        raise AssertionError(f"unexpected gap after {last_id}")
+
+
+def test_a_worker_started_while_redis_was_down_starts_streams_at_a_known_position(
+    redis_url: str,
+) -> None:
+    # The broadcaster of a worker that started 10 s ago, Redis down until now,
+    # reads from the worker's start (minus the clock margin), which falls
+    # between entries. The position it gives new streams must still be one a
+    # resume finds: the newest entry at or before that moment.
+    redis = pytest.importorskip("redis")
+    from flask_sse_hub.backends.redis import RedisBackend
+
+    key = "flask-sse-hub:startup"
+    backend = RedisBackend(redis_url, history_size=100, key=key)
+    backend._started_at = time.time() - 10  # simulating the start-up outage
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        conn.xadd(key, {"c": "start", "b": b"data: long before\n\n"}, id="1000-0")
+        recent = conn.xadd(key, {"c": "start", "b": b"data: while the worker waited\n\n"}).decode()
+        sink = _Sink()
+        reads_from = backend._resume_point(conn, None, sink)
+        assert sink.positions == [reads_from] == ["1000-0"]
+        replay = backend.replay(frozenset({"start"}), reads_from, upto=recent)
+        assert not replay.gap
+        assert [event.id for event in replay.events] == [recent]
+    finally:
+        conn.close()
+        backend._pool.disconnect()
