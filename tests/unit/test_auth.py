@@ -27,9 +27,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import jwt
 import pytest
@@ -43,12 +43,12 @@ import flask_sse_hub
 from flask_sse_hub import Forbidden, SSEBlueprint, Unauthorized
 from flask_sse_hub.auth import LEEWAY_SECONDS, CorsPolicy, Grants, TokenVerifier
 from flask_sse_hub.config import HubConfig
-from tests.support.sse_parser import Event, EventStreamParser
+from tests.support.flask_stream import WAIT, OpenStream
+from tests.support.sse_parser import Event
 
 SECRET = "unit-test-hs256-secret-0123456789abcdef"  # 39 bytes
 OTHER_SECRET = "another-hs256-secret-0123456789abcdef!!"
 PUBLISH_TOKEN = "static-publish-token-for-unit-tests"
-WAIT = 10.0  # seconds: the bound on every wait
 HEARTBEAT = 0.2  # SSE_HEARTBEAT_SECONDS of these apps: how long one read may block
 CHALLENGE = 'Bearer realm="flask-sse-hub"'
 INVALID_TOKEN_CHALLENGE = 'Bearer realm="flask-sse-hub", error="invalid_token"'
@@ -135,48 +135,9 @@ def bearer(token: str) -> dict[str, str]:
 # -- apps ----------------------------------------------------------------------------
 
 
-
-
 @pytest.fixture
 def jwt_app(make_hub_app: Callable[..., Flask]) -> Flask:
     return make_hub_app(SSE_JWT_SECRET=SECRET)
-
-
-class OpenStream:
-    """A 200 subscribe response being read chunk by chunk (bounded by the heartbeat)."""
-
-    def __init__(self, response: TestResponse) -> None:
-        assert response.status_code == 200, response.get_data(as_text=True)
-        self.response = response
-        self._chunks: Iterator[bytes] = iter(cast("Iterable[bytes]", response.response))
-        self.parser = EventStreamParser()
-        self.events: list[Event] = self.parser.feed(next(self._chunks))
-        self.ended = False
-
-    def read(self, count: int, timeout: float = WAIT) -> list[Event]:
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"got {len(self.events)} of {count} events")
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                raise EOFError(f"stream ended after {len(self.events)} events") from None
-            self.events += self.parser.feed(chunk)
-        return self.events[:count]
-
-    def wait_end(self, timeout: float) -> float:
-        """Read until the server ends the body; return how long that took."""
-        start = time.monotonic()
-        for chunk in self._chunks:
-            self.events += self.parser.feed(chunk)
-            if time.monotonic() - start > timeout:
-                pytest.fail(f"stream still open after {timeout}s")
-        self.ended = True
-        return time.monotonic() - start
-
-    def close(self) -> None:
-        self.response.close()
 
 
 def client_with(app: Flask, cookies: dict[str, str] | None = None) -> FlaskClient:

@@ -28,48 +28,14 @@ from flask_sse_hub import (
     InvalidEventType,
     SSEBlueprint,
 )
-from tests.support.sse_parser import Event, EventStreamParser
+from tests.support.flask_stream import WAIT, OpenStream
+from tests.support.sse_parser import Event
 
-WAIT = 10.0  # seconds: the bound on every wait
 HEARTBEAT = 0.2  # SSE_HEARTBEAT_SECONDS in these apps: how long one read may block
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }
-
-
-class OpenStream:
-    """A subscribe response being read, as a browser's EventSource would parse it."""
-
-    def __init__(self, response: TestResponse) -> None:
-        assert response.status_code == 200, response.get_data(as_text=True)
-        self.response = response
-        self._chunks = iter(response.response)
-        self.parser = EventStreamParser()
-        self.first_chunk = next(self._chunks)
-        self.events: list[Event] = self.parser.feed(self.first_chunk)
-
-    def read(self, count: int, timeout: float = WAIT) -> list[Event]:
-        """The first ``count`` events of the stream, waiting for them (bounded)."""
-        deadline = time.monotonic() + timeout
-        while len(self.events) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"got {len(self.events)} of {count} events")
-            try:
-                chunk = next(self._chunks)  # a heartbeat at the latest after HEARTBEAT s
-            except StopIteration:
-                raise EOFError(f"stream ended after {len(self.events)} events") from None
-            self.events += self.parser.feed(chunk)
-        return self.events[:count]
-
-    def next_chunk(self) -> bytes:
-        """The next chunk the server writes (events, or a heartbeat when idle)."""
-        chunk: bytes = next(self._chunks)
-        self.events += self.parser.feed(chunk)
-        return chunk
-
-    def close(self) -> None:
-        self.response.close()
 
 
 def subscribers(app: Flask, name: str = "sse") -> int:
