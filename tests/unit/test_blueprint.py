@@ -520,8 +520,6 @@ def test_cli_publish_refuses_bad_input_with_the_reason(
 # -- the standalone hub (create_app) ---------------------------------------------------
 
 
-
-
 def post_publish(app: Flask, body: Any, **kwargs: Any) -> TestResponse:
     return app.test_client().post("/publish", json=body, **kwargs)
 
