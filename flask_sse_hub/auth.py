@@ -214,11 +214,16 @@ def request_token(request: Request, cookie: str | None = None, *, query: bool = 
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        # Another scheme on a subscribe is someone else's credentials (a site
+        # behind HTTP Basic auth: the browser sends it on every request), not
+        # a try at ours: the token may still come in the query or a cookie.
+        other_scheme = scheme.lower() not in ("", "bearer")
+        if not (other_scheme and (query or cookie is not None)):
             raise Unauthorized(
                 "the Authorization header must be 'Bearer <token>'", token_given=False
             )
-        return value.strip()
     if query and "token" in request.args:
         return request.args["token"]
     if cookie is not None:

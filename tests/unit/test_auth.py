@@ -493,9 +493,24 @@ def test_header_wins_over_query_and_query_over_cookie(jwt_app: Flask) -> None:
     open_stream(jwt_app, "?channel=c", cookies=cookie).close()
 
 
-@pytest.mark.parametrize(
-    "authorization", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "Token abc", ""],
-)
+@pytest.mark.parametrize("authorization", ["Basic dXNlcjpwYXNz", "Token abc"])
+def test_another_schemes_authorization_does_not_hide_the_query_or_cookie_token(
+    authorization: str, jwt_app: Flask
+) -> None:
+    # A site behind HTTP Basic auth: the browser sends that header on every
+    # request, the EventSource's token comes in the query or the cookie.
+    token = mint({"subscribe": ["orders"]})
+    for query, cookies in ((f"&token={token}", {}), ("", {"sse_token": token})):
+        stream = open_stream(jwt_app, f"?channel=orders{query}",
+                             headers={"Authorization": authorization}, cookies=cookies)
+        stream.close()
+    # Without one it is still a 401 (no token at all).
+    response = get_stream(jwt_app, "?channel=orders", headers={"Authorization": authorization})
+    assert response.headers["WWW-Authenticate"] == CHALLENGE
+    refused(response, 401)
+
+
+@pytest.mark.parametrize("authorization", ["Bearer", "Bearer    ", ""])
 def test_a_malformed_authorization_header_is_401_even_with_another_valid_source(
     authorization: str, jwt_app: Flask
 ) -> None:
