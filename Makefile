@@ -23,7 +23,7 @@ test: lint system-deps $(NODE_STAMP)
 	$(BIN)/pytest
 
 ## Debian packages the tests drive for real (installed when missing and we are root).
-SYSTEM_DEPS := redis-server:redis-server chromium:chromium node:nodejs npm:npm
+SYSTEM_DEPS := redis-server:redis-server redis-sentinel:redis-sentinel chromium:chromium node:nodejs npm:npm
 system-deps:
 	@missing=""; for dep in $(SYSTEM_DEPS); do \
 	  command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; \

@@ -23,6 +23,7 @@ from .auth import mint_token
 from .blueprint import EXTENSION_KEY, Hub, SSEBlueprint
 from .errors import (
     BackendUnavailable,
+    BatchTooLarge,
     ConfigError,
     EventTooLarge,
     Forbidden,
@@ -38,6 +39,7 @@ from .wire import Event
 
 __all__ = [
     "BackendUnavailable",
+    "BatchTooLarge",
     "ConfigError",
     "Event",
     "EventTooLarge",

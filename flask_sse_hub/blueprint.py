@@ -17,7 +17,7 @@ from flask.blueprints import BlueprintSetupState
 
 from .auth import CorsPolicy, TokenVerifier, request_token
 from .backends import make_backend
-from .broker import Broker, Replay, Subscription, join_chunks
+from .broker import Broker, Replay, ReplayInterrupted, Subscription, join_chunks
 from .cli import add_commands
 from .config import HubConfig, set_defaults
 from .errors import Forbidden, HubError, TooManyChannels
@@ -295,9 +295,14 @@ def _stream(
         elif replay.start is not None:
             first += encode_position(replay.start)
         yield first
-        for chunk, count in join_chunks(event.frame for event in replay.events):
-            yield chunk
-            sub.delivered += count
+        try:
+            for chunk, count in join_chunks(event.frame for event in replay.events):
+                yield chunk
+                sub.delivered += count
+        except ReplayInterrupted as exc:
+            # Its client resumes from the last event it got: nothing is lost.
+            log.warning("ending a stream during its replay: %s", exc)
+            sub.closed = "replay"
         while sub.closed is None:
             timeout = interval
             if deadline is not None:

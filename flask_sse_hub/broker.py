@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -54,12 +54,23 @@ class Replay:
     ``start`` is, for a subscription without ``last_id``, the position it
     starts after (None when none is known yet): its client's resume point
     until the first event reaches it.
+
+    ``events`` may be lazy (Redis reads history a page at a time while the
+    stream writes it), so a slow client holds one page, not the whole
+    history; it raises :class:`ReplayInterrupted` when the rest cannot be read.
     """
 
-    events: list[Published] = field(default_factory=list)
+    events: Iterable[Published] = field(default_factory=list)
     gap: bool = False
     gap_position: str | None = None
     start: str | None = None
+
+
+class ReplayInterrupted(Exception):
+    """The rest of a replay cannot be read (the backplane failed): end the stream.
+
+    Its client resumes from the last event it got, which loses nothing.
+    """
 
 
 #: Queue items: ``(chunk, number of events in it)``; ``CLOSE`` ends the stream.
@@ -122,8 +133,12 @@ class Sink(Protocol):
     def set_position(self, position: str) -> None:
         """Where the broadcaster starts: every later event will come through fan_out."""
 
-    def broadcast_gap(self, last_id: str) -> None:
-        """Events after ``last_id`` were lost to this process: tell every subscriber."""
+    def broadcast_gap(self, last_id: str, position: str | None) -> None:
+        """Events after ``last_id`` were lost to this process: tell every subscriber.
+
+        ``position`` (the gap event's id) is where the broadcaster goes on
+        from: a client resuming from it is not told of the same loss again.
+        """
 
 
 class Backend(ABC):
@@ -344,10 +359,13 @@ class Broker:
             if self._waiting:
                 self._advanced.notify_all()
 
-    def broadcast_gap(self, last_id: str) -> None:
+    def broadcast_gap(self, last_id: str, position: str | None) -> None:
         with self._lock:
+            if position is not None:
+                self._position = position
             subs = {sub for subs in self._channels.values() for sub in subs}
-        item = (encode_gap(last_id, None), 1)
+            self.gaps += len(subs)
+        item = (encode_gap(last_id, position), 1)
         for sub in subs:
             self._offer(sub, item)
 
@@ -426,17 +444,18 @@ class Broker:
             }
 
 
-def join_chunks(frames: Iterable[bytes], limit: int = 262144) -> list[Chunk]:
-    """Group frames into chunks of about ``limit`` bytes (replays write few, large chunks)."""
-    chunks: list[Chunk] = []
+def join_chunks(frames: Iterable[bytes], limit: int = 262144) -> Iterator[Chunk]:
+    """Group frames into chunks of about ``limit`` bytes (replays write few, large chunks).
+
+    Lazy: one chunk is joined while the previous one is being written.
+    """
     parts: list[bytes] = []
     size = 0
     for data in frames:
         parts.append(data)
         size += len(data)
         if size >= limit:
-            chunks.append((b"".join(parts), len(parts)))
+            yield b"".join(parts), len(parts)
             parts, size = [], 0
     if parts:
-        chunks.append((b"".join(parts), len(parts)))
-    return chunks
+        yield b"".join(parts), len(parts)

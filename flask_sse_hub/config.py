@@ -38,6 +38,11 @@ DEFAULTS: dict[str, Any] = {
     "SSE_MAX_CONNECTIONS_PER_IP": None,
     # Standalone: reverse proxies whose X-Forwarded-* headers are trusted.
     "SSE_PROXY_HOPS": 0,
+    # The Redis backplane under faults: bounded waits, Sentinel, replicated publishes.
+    "SSE_REDIS_TIMEOUT": 2.0,
+    "SSE_REDIS_SENTINELS": None,
+    "SSE_REDIS_SENTINEL_MASTER": "mymaster",
+    "SSE_REDIS_MIN_REPLICAS": 0,
 }
 
 #: Settings whose values are never logged.
@@ -137,6 +142,32 @@ def _cookie_name(key: str, value: Any) -> str:
     return value
 
 
+def _sentinels(key: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (or a list of such strings): the Redis Sentinels to ask."""
+    if value in (None, ""):
+        return ()
+    if isinstance(value, str):
+        entries = [entry for entry in value.replace(",", " ").split() if entry]
+    elif isinstance(value, (list, tuple)) and all(isinstance(entry, str) for entry in value):
+        entries = list(value)
+    else:
+        raise ConfigError(f"{key} must be 'host:port,host:port', got {value!r}")
+    found = []
+    for entry in entries:
+        host, sep, port = entry.strip().rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key}: {entry!r} is not host:port (e.g. 10.0.0.5:26379)")
+        found.append((host, int(port)))
+    return tuple(dict.fromkeys(found))
+
+
+def _master_name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._\-]{1,128}", value):
+        raise ConfigError(f"{key} must be a Sentinel master name like 'mymaster', got {value!r}")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_REDIS_URL": _optional_str,
     "SSE_HEARTBEAT_SECONDS": _positive_float,
@@ -157,6 +188,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_JWT_COOKIE": _cookie_name,
     "SSE_MAX_CONNECTIONS_PER_IP": _optional(_positive_int),
     "SSE_PROXY_HOPS": _count,
+    "SSE_REDIS_TIMEOUT": _positive_float,
+    "SSE_REDIS_SENTINELS": _sentinels,
+    "SSE_REDIS_SENTINEL_MASTER": _master_name,
+    "SSE_REDIS_MIN_REPLICAS": _count,
 }
 
 
@@ -183,6 +218,10 @@ class HubConfig:
     jwt_cookie: str
     max_connections_per_ip: int | None
     proxy_hops: int
+    redis_timeout: float
+    redis_sentinels: tuple[tuple[str, int], ...]
+    redis_sentinel_master: str
+    redis_min_replicas: int
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:
@@ -205,6 +244,8 @@ class HubConfig:
                 value = "(set)"
             elif key == "SSE_CORS_ORIGINS":
                 value = ",".join(value) or None
+            elif key == "SSE_REDIS_SENTINELS":
+                value = ",".join(f"{host}:{port}" for host, port in value) or None
             shown.append(f"{key}={value}")
         return " ".join(shown)
 

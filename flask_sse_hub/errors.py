@@ -48,6 +48,12 @@ class EventTooLarge(HubError, ValueError):
     status = 413
 
 
+class BatchTooLarge(HubError, ValueError):
+    """A publish batch holds more events than the history can retain: nothing was published."""
+
+    status = 413
+
+
 class Unauthorized(HubError):
     """A request needs a valid token (``SSE_JWT_*``): none, malformed, expired or wrongly signed."""
 

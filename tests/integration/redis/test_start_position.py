@@ -62,7 +62,7 @@ class _Sink:
     def set_position(self, position: str) -> None:
         self.positions.append(position)
 
-    def broadcast_gap(self, last_id: str) -> None:
+    def broadcast_gap(self, last_id: str, position: str | None) -> None:
         raise AssertionError(f"unexpected gap after {last_id}")
 
 
@@ -84,11 +84,12 @@ def test_a_worker_started_while_redis_was_down_starts_streams_at_a_known_positio
         conn.xadd(key, {"c": "start", "b": b"data: long before\n\n"}, id="1000-0")
         recent = conn.xadd(key, {"c": "start", "b": b"data: while the worker waited\n\n"}).decode()
         sink = _Sink()
-        reads_from = backend._resume_point(conn, None, sink)
+        backend._start_position(conn, sink)
+        reads_from = backend._last_id
         assert sink.positions == [reads_from] == ["1000-0"]
         replay = backend.replay(frozenset({"start"}), reads_from, upto=recent)
         assert not replay.gap
         assert [event.id for event in replay.events] == [recent]
     finally:
         conn.close()
-        backend._pool.disconnect()
+        backend.stop()
