@@ -275,9 +275,11 @@ class _Connector:
     def client(self, *, timeout: float, max_connections: int = 1) -> redis.Redis:
         # No retries inside redis-py (its default since 6.0): every wait must
         # stay within SSE_REDIS_TIMEOUT, and publish retries itself, idempotently.
+        # RESP2 whatever redis-py's default (3 since 8.0): the reply shapes the
+        # hub reads, on every Redis it supports.
         options = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "max_connections": max_connections, "retry": Retry(NoBackoff(), 0),
+            "max_connections": max_connections, "retry": Retry(NoBackoff(), 0), "protocol": 2,
         }
         if self._sentinel is not None:
             client: redis.Redis = self._sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -297,7 +299,7 @@ class _Multiplexer:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._client = client
+        self.client = client
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -332,7 +334,7 @@ class _Multiplexer:
                     break
             replies: list[Any]
             try:
-                with self._client.pipeline(transaction=False) as pipe:
+                with self.client.pipeline(transaction=False) as pipe:
                     for request in batch:
                         request.command(pipe)
                     replies = pipe.execute(raise_on_error=False)
@@ -521,6 +523,8 @@ class RedisBackend(Backend):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=_BLOCK_MS / 1000 + self.timeout + 1)
+        for client in (self._client, self._health, self._replays.client):
+            client.connection_pool.disconnect()
 
     def _supervise(self, sink: Sink) -> None:
         """Run the broadcaster; whatever ends it but stop(), log and run it again."""
@@ -562,13 +566,13 @@ class RedisBackend(Backend):
                         self.reconnects += 1
                     self._connected = False
                     if conn is not None:
-                        conn.close()
+                        conn.connection_pool.disconnect()
                         conn = None
                     self._stop.wait(10.0 if isinstance(exc, _Refused) else backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
             if conn is not None:
-                conn.close()
+                conn.connection_pool.disconnect()
 
     def _attach(self, conn: redis.Redis, sink: Sink) -> None:
         """After (re)connecting: check the server, register the window, find where to go on."""
