@@ -6,14 +6,21 @@ test`` installs it when it can), the Redis tests skip and say why.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.integration.conftest import GAP_EVENT
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -174,3 +181,56 @@ def redis_connections_by_pid(
         if owner is not None:
             counts[owner] += 1
     return counts
+
+
+# -- Shared by the never-silent, fault and replay tests.
+
+
+def assert_every_event_or_a_gap(events: list[Any], expected: list[str], who: str) -> Any:
+    """``events`` hold the ids ``expected`` whole and in order, or one gap stands for the loss.
+
+    With a gap: the events before it are the first of ``expected`` (none
+    missing up to there), the events after it are the last of ``expected``,
+    contiguous, and none is both (no duplicate). Returns the gap event, if any.
+    """
+    shown = [(e.type, e.last_event_id) for e in events]
+    gaps = [index for index, event in enumerate(events) if event.type == GAP_EVENT]
+    assert len(gaps) <= 1, f"{who}: more than one gap: {shown}"
+    if not gaps:
+        assert [e.last_event_id for e in events] == expected, (
+            f"{who}: {len(events)} events of {len(expected)} and no gap event: {shown}"
+        )
+        return None
+    at = gaps[0]
+    before = [e.last_event_id for e in events[:at]]
+    after = [e.last_event_id for e in events[at + 1 :]]
+    assert before == expected[: len(before)], f"{who}: events lost before the gap: {shown}"
+    assert after == expected[len(expected) - len(after) :], (
+        f"{who}: the events after the gap are not the last ones, contiguous: {shown}"
+    )
+    assert len(before) + len(after) <= len(expected), f"{who}: duplicates around the gap: {shown}"
+    gap = events[at]
+    data = json.loads(gap.data)
+    assert isinstance(data, dict) and set(data) == {"last_event_id"}, (who, gap.data)
+    return gap
+
+
+def gap_ids_on_the_wire(stream: Any) -> list[str | None]:
+    """The ``id:`` field of each ``sse-hub-gap`` event in the raw body (None: no id field)."""
+    found: list[str | None] = []
+    for block in stream.body.decode().replace("\r\n", "\n").split("\n\n"):
+        lines = block.split("\n")
+        if f"event: {GAP_EVENT}" in lines:
+            ids = [line[len("id: ") :] for line in lines if line.startswith("id: ")]
+            found.append(ids[-1] if ids else None)
+    return found
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """The process ``pid`` is stopped (SIGSTOP) inside the block, always continued after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)

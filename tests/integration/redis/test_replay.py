@@ -18,7 +18,7 @@ import pytest
 from tests.integration.conftest import GAP_EVENT, HubLauncher, HubServer, HubStream, wait_until
 from tests.support.sse_parser import Event
 
-from .conftest import HUB_STREAM
+from .conftest import HUB_STREAM, assert_every_event_or_a_gap
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +31,24 @@ def read_through_live(hub: HubServer, channel: str, stream: HubStream) -> list[E
     return events
 
 
+#: Events per publish: at most SSE_HISTORY_SIZE of the small-history hub (a larger
+#: batch could not be retained whole and is refused with 413, SPEC §8).
+BATCH = 10
+
+
 def publish_seen(hub: HubServer, channel: str, count: int) -> list[str]:
-    """Publish ``count`` events (one batch); return their ids once a subscriber got them all."""
+    """Publish ``count`` events (batches of ``BATCH``); return their ids once a live
+    subscriber has seen the last one.
+
+    That subscriber may lag behind the trimming of a small history: then it must
+    have been told (SPEC §5 "Never silent"), by a gap before its first missing event.
+    """
     witness = hub.subscribe(channel)
-    ids = hub.publish_batch([{"channel": channel, "data": f"e{n}"} for n in range(count)])
-    witness.until_id(ids[-1], timeout=10)
+    ids: list[str] = []
+    for first in range(0, count, BATCH):
+        ids += hub.publish_batch([{"channel": channel, "data": f"e{n}"}
+                                  for n in range(first, min(first + BATCH, count))])
+    assert_every_event_or_a_gap(witness.until_id(ids[-1], timeout=10), ids, "the witness")
     witness.close()
     return ids
 
