@@ -30,7 +30,7 @@ errorlog = "-"
 control_socket_disable = True
 loglevel = os.environ.get("SSE_LOG_LEVEL", "info")
 
-if workers > 1 and not os.environ.get("SSE_REDIS_URL"):
+if workers > 1 and not (os.environ.get("SSE_REDIS_URL") or os.environ.get("SSE_REDIS_SENTINELS")):
     sys.exit(
         f"flask-sse-hub: refusing WEB_CONCURRENCY={workers} with the memory backend: events "
         "published in one worker would never reach the streams of another. Set SSE_REDIS_URL "
