@@ -69,7 +69,7 @@ def log(message: str) -> None:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # "fanout" (deliveries), "idle" (memory) or "publish" (throughput)
+    kind: str  # "fanout" (deliveries), "idle" (memory), "publish" (throughput) or "storm" (resume)
     title: str
     streams: int
     events: int
@@ -79,14 +79,26 @@ class Scenario:
     hold: float = 0.0  # seconds the open streams are held idle before publishing
     deadline: float = 300.0  # seconds after the first publish
     drain: float = 10.0  # stop after this many seconds without a new delivery
+    # "storm": ``events`` are published with no stream open (in POSTs of ``batch``), then
+    # all ``streams`` open at once, each resuming from an early id (loadgen --storm-events).
+    event_bytes: int = 0  # pad each event's data to about this size (0: no padding)
+    history_size: int = 0  # SSE_HISTORY_SIZE of the peer (0: its default)
+    probe_interval: float = 0.2  # storm: one single POST this often while it lasts (s)
 
     def loadgen_args(self) -> list[str]:
-        return [
-            f"--streams={self.streams}", f"--events={self.events}", f"--rate={self.rate:g}",
+        args = [
+            f"--streams={self.streams}", f"--rate={self.rate:g}",
             f"--batch={self.batch}", f"--publishers={self.publishers}",
             f"--hold={self.hold:g}s", f"--deadline={self.deadline:g}s",
-            f"--drain-timeout={self.drain:g}s",
+            f"--drain-timeout={self.drain:g}s", f"--event-bytes={self.event_bytes}",
         ]
+        if self.kind == "storm":
+            return [*args, f"--storm-events={self.events}", f"--dial-concurrency={self.streams}",
+                    f"--storm-publish-interval={self.probe_interval * 1000:g}ms"]
+        return [*args, f"--events={self.events}"]
+
+    def server_env(self) -> dict[str, str]:
+        return {"SSE_HISTORY_SIZE": str(self.history_size)} if self.history_size else {}
 
 
 FULL_SCENARIOS = [
@@ -105,6 +117,11 @@ FULL_SCENARIOS = [
     Scenario("publish-batch", "publish",
              "publish: 100 000 events in POSTs of 100 (4 keep-alive connections, 1 stream)",
              streams=1, events=100000, batch=100, publishers=4),
+    Scenario("resume-storm", "storm",
+             "resume storm: 600 events of 1 KB published with no stream open (POSTs of 300), then "
+             "2 000 streams at once, each resuming 400 to 599 events back",
+             streams=2000, events=600, batch=300, event_bytes=1024, history_size=5000,
+             deadline=120, drain=15),
 ]
 
 QUICK_SCENARIOS = [
@@ -120,6 +137,10 @@ QUICK_SCENARIOS = [
              streams=1, events=1000, publishers=4, deadline=30, drain=3),
     Scenario("publish-batch", "publish", "publish: 10 000 events in POSTs of 100",
              streams=1, events=10000, batch=100, publishers=4, deadline=30, drain=3),
+    Scenario("resume-storm", "storm",
+             "resume storm: 600 events of 1 KB, then 300 streams at once resuming 400 to 599 back",
+             streams=300, events=600, batch=300, event_bytes=1024, history_size=5000,
+             deadline=60, drain=5),
 ]
 
 # -- peers -----------------------------------------------------------------------
@@ -134,6 +155,7 @@ class Peer:
     redis: bool = False
     workers: int = 1
     reference: bool = False  # not a contender: excluded from "best peer"
+    resume: bool = True  # keeps a history and resumes from Last-Event-ID (the storm scenario)
     health_path: str = "/healthz"
     cpus: str = SERVER_CPUS
 
@@ -178,17 +200,19 @@ def _hub_spec() -> str:
     return "-e " + os.path.relpath(ROOT, BENCH) + "[redis]"
 
 
+NO_RESUME = "n/a: no history, cannot resume from Last-Event-ID"
+
 # gunicorn 27's gevent worker imports ``packaging`` without declaring it.
 GUNICORN_GEVENT = ["gunicorn", "gevent", "packaging"]
 
 
 PEERS: list[Peer] = [
     GoPeer("go-reference", "trivial Go server (reference: the load generator's ceiling)",
-           None, [], reference=True),
+           None, [], reference=True, resume=False),
     FlaskSSEPeer("flask-sse", "flask-sse (gunicorn gevent, Redis pub/sub)", "flask-sse",
-                 ["flask-sse", *GUNICORN_GEVENT, "redis"], redis=True),
+                 ["flask-sse", *GUNICORN_GEVENT, "redis"], redis=True, resume=False),
     StarlettePeer("sse-starlette", "sse-starlette (uvicorn, in-process broadcast)", "sse-starlette",
-                  ["sse-starlette", "starlette", "uvicorn[standard]"]),
+                  ["sse-starlette", "starlette", "uvicorn[standard]"], resume=False),
     HubPeer("hub", "flask-sse-hub, memory backend (gunicorn gevent)", "hub", [_hub_spec(), "packaging"]),
     HubPeer("hub-redis-1w", "flask-sse-hub, Redis backend, 1 worker", "hub", [_hub_spec(), "packaging"],
             redis=True),
@@ -449,16 +473,17 @@ def run_loadgen(args: list[str], timeout: float, log_dir: Path, tag: str) -> dic
 
 
 @contextlib.contextmanager
-def running_peer(peer: Peer, ctx: Context, tag: str) -> Iterator[tuple[int, Proc, Proc | None]]:
+def running_peer(peer: Peer, ctx: Context, tag: str,
+                 settings: dict[str, str] | None = None) -> Iterator[tuple[int, Proc, Proc | None]]:
     """Start ``peer`` (and its redis-server), wait until healthy, stop both afterwards."""
     redis: Proc | None = None
     server: Proc | None = None
     try:
-        env: dict[str, str] = {}
+        env: dict[str, str] = dict(settings or {})
         if peer.redis:
             redis, redis_port = start_redis(peer.cpus, ctx.log_dir)
             url = f"redis://127.0.0.1:{redis_port}/0"
-            env = {"REDIS_URL": url, "SSE_REDIS_URL": url}
+            env.update({"REDIS_URL": url, "SSE_REDIS_URL": url})
         port = free_port()
         bin_dir = ctx.bins.get(peer.name, BUILD)
         argv, extra, cwd = peer.command(port, bin_dir)
@@ -475,7 +500,7 @@ def running_peer(peer: Peer, ctx: Context, tag: str) -> Iterator[tuple[int, Proc
 
 def measure(peer: Peer, scenario: Scenario, ctx: Context, tag: str,
             profile: Callable[[Proc, Path], Callable[[], None]] | None = None) -> dict[str, Any]:
-    with running_peer(peer, ctx, tag) as (port, server, redis):
+    with running_peer(peer, ctx, tag, scenario.server_env()) as (port, server, redis):
         args = [f"--url=http://127.0.0.1:{port}", f"--server-pid={server.pid}",
                 f"--label={peer.name}/{scenario.name}", *scenario.loadgen_args()]
         if redis is not None:
@@ -520,6 +545,12 @@ METRICS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "publish_errors": lambda r: r.get("publish_errors"),
     "server_cpu_pct": lambda r: r["cpu"].get("server_pct"),
     "loadgen_cpu_pct": lambda r: r["cpu"].get("loadgen_pct"),
+    "publish_max_ms": lambda r: r["publish_request_ms"].get("max"),
+    "storm_resume_seconds": lambda r: r["storm"].get("resume_seconds"),
+    "storm_stream_p50_seconds": lambda r: r["storm"]["stream_resume_seconds"].get("p50"),
+    "storm_streams_incomplete": lambda r: r["storm"].get("streams_incomplete"),
+    "storm_unexpected_events": lambda r: r["storm"].get("unexpected_events"),
+    "storm_probe_publishes": lambda r: r["storm"].get("probe_publishes"),
 }
 
 
@@ -650,6 +681,33 @@ def render_markdown(data: dict[str, Any]) -> str:
                     f"| {fmt(v['streams_opened'])}/{sc['streams']} | {fmt(v['connect_seconds'], 2)} "
                     f"| {'yes' if v['missing'] == 0 else 'missing ' + fmt(v['missing'])} "
                     f"| {fmt(v['reconnects'])} |")
+        elif sc["kind"] == "storm":
+            b = best("storm_resume_seconds", low=True)
+            lines += [
+                "| peer | storm resume s | × best | each run s | streams resumed/N | gap events | "
+                "missing | dups | reconnects | replayed deliveries/s | probe POST p50 ms | "
+                "probe POST max ms | probe event p99 ms | connect s | server CPU % | "
+                "loadgen CPU % |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for peer, cell in cells.items():
+                v = cell.get("median")
+                if not v:
+                    lines.append(f"| {peer} | {cell.get('status', 'no result')} |" + " |" * 14)
+                    continue
+                each = " / ".join(fmt((r.get("storm") or {}).get("resume_seconds"), 2)
+                                  if (r.get("storm") or {}).get("resume_seconds") is not None
+                                  else "incomplete" for r in cell["runs"])
+                resumed = (v["streams_opened"] or 0) - (v["storm_streams_incomplete"] or 0)
+                lines.append(
+                    f"| {peer} | {fmt(v['storm_resume_seconds'], 2)} "
+                    f"| {ratio(v['storm_resume_seconds'], b, True)} | {each} "
+                    f"| {fmt(resumed)}/{sc['streams']} | {fmt(v['gap_events'])} "
+                    f"| {fmt(v['missing'])} | {fmt(v['duplicates'])} | {fmt(v['reconnects'])} "
+                    f"| {fmt(v['deliveries_per_s'])} | {fmt(v['publish_p50_ms'], 1)} "
+                    f"| {fmt(v['publish_max_ms'], 1)} | {fmt(v['p99_ms'], 1)} "
+                    f"| {fmt(v['connect_seconds'], 2)} | {fmt(v['server_cpu_pct'])} "
+                    f"| {fmt(v['loadgen_cpu_pct'])} |")
         else:
             key = "publish_requests_per_s" if sc["batch"] == 1 else "publish_events_per_s"
             b = best(key)
@@ -675,6 +733,10 @@ def render_markdown(data: dict[str, Any]) -> str:
                     error = " ".join(str(r.get("publish_last_error", "")).split())[:160]
                     notes.append(f"{p}: run {i + 1}: {r['publish_errors']} of "
                                  f"{r['publish_requests']} publish requests failed ({error})")
+                unexpected = (r.get("storm") or {}).get("unexpected_events")
+                if unexpected:
+                    notes.append(f"{p}: run {i + 1}: {unexpected} events at or before a stream's "
+                                 "Last-Event-ID were sent to it again")
                 if r.get("streams_opened", 0) < r.get("streams", 0):
                     errors = ", ".join(f"{k} ×{v}" for k, v in r.get("stream_errors", {}).items())
                     notes.append(f"{p}: run {i + 1}: {r['streams_opened']}/{r['streams']} streams "
@@ -945,6 +1007,12 @@ def main() -> None:
         info: dict[str, Any] = {"title": peer.title, "reference": peer.reference,
                                 "workers": peer.workers, "cpus": peer.cpus, "status": "ok"}
         data["peers"][peer.name] = info
+        if not any(s.kind != "storm" or peer.resume for s in scenarios):
+            for scenario in scenarios:  # nothing it can run: no need to install it
+                data["results"][scenario.name][peer.name] = {
+                    "runs": [], "warnings": [],
+                    "status": NO_RESUME}
+            continue
         try:
             if peer.venv:
                 ctx.bins[peer.name] = ensure_venv(peer.venv, peer.packages)
@@ -962,6 +1030,9 @@ def main() -> None:
                 break
             cell: dict[str, Any] = {"runs": [], "warnings": []}
             data["results"][scenario.name][peer.name] = cell
+            if scenario.kind == "storm" and not peer.resume:
+                cell["status"] = NO_RESUME
+                continue
             for i in range(runs):
                 tag = f"{peer.name}.{scenario.name}.{i}"
                 log(f"{peer.name} / {scenario.name} run {i + 1}/{runs}")
@@ -996,6 +1067,13 @@ def main() -> None:
                     f"{report['latency_ms'].get('p99')} ms, missing {report.get('missing')}, "
                     f"KB/stream {report.get('kb_per_stream_held') or report.get('kb_per_stream')}, "
                     f"publish {report.get('publish_requests_per_s')} req/s")
+                if "storm" in report:
+                    st = report["storm"]
+                    log(f"  storm resume {st.get('resume_seconds')} s, "
+                        f"gaps {report.get('gap_events')}, "
+                        f"incomplete streams {st.get('streams_incomplete')}, probe POST p50/max "
+                        f"{report['publish_request_ms'].get('p50')}/"
+                        f"{report['publish_request_ms'].get('max')} ms")
             if cell["runs"]:
                 cell["median"] = medians(cell["runs"])
             elif "status" not in cell:

@@ -2,6 +2,8 @@
 //
 //	loadgen [flags]            run one scenario against --url, print JSON
 //	loadgen --ceiling [flags]  the same against its own trivial Go server
+//	loadgen --storm-events E   the resume storm (storm.go): E events first, then
+//	                           --streams streams resuming at once
 //	loadgen serve --addr A     only the trivial server
 //
 // It opens --streams concurrent SSE streams over real sockets, waits until
@@ -61,6 +63,11 @@ type config struct {
 	Out            string
 	Label          string
 	PhaseFile      string
+	EventBytes     int
+	StormEvents    int
+	StormSpan      float64
+	StormPublishes int
+	StormInterval  time.Duration
 }
 
 type stream struct {
@@ -78,6 +85,13 @@ type stream struct {
 	lastErr    string
 	parser     *Parser
 
+	// resume storm (storm.go)
+	from       int   // index of the resume id: events after it are expected
+	need       int   // pre-published events after it
+	resumed    int   // of those, received
+	unexpected int   // pre-published events at or before the resume id
+	doneAt     int64 // unix ns when resumed reached need
+
 	mu   sync.Mutex
 	conn net.Conn
 }
@@ -91,6 +105,11 @@ type gen struct {
 	stopping  int32
 	seqKey    []byte
 	tKey      []byte
+	pad       string // `,"pad":"xxx"` making each event about --event-bytes
+
+	stormRemaining int64 // streams still missing pre-published events
+	replayed       int64 // unique deliveries of pre-published events
+	liveDelivered  int64 // unique deliveries of events published during the storm
 }
 
 func main() {
@@ -123,6 +142,11 @@ func main() {
 	flag.StringVar(&c.Out, "out", "", "write the JSON report here (default: stdout)")
 	flag.StringVar(&c.Label, "label", "", "free text copied into the report")
 	flag.StringVar(&c.PhaseFile, "phase-file", "", "write the current phase (connecting, publishing, done) here, for profilers")
+	flag.IntVar(&c.EventBytes, "event-bytes", 0, "pad each event's data to about this many bytes (0: no padding)")
+	flag.IntVar(&c.StormEvents, "storm-events", 0, "resume storm: publish this many events with no stream open, then open --streams streams at once, each resuming (Last-Event-ID) from an early id")
+	flag.Float64Var(&c.StormSpan, "storm-span", 1.0/3, "resume storm: resume ids are spread over this leading fraction of the events")
+	flag.IntVar(&c.StormPublishes, "storm-publishes", 300, "resume storm: at most this many single POSTs during the storm (latency probe; small events, unpadded)")
+	flag.DurationVar(&c.StormInterval, "storm-publish-interval", 200*time.Millisecond, "resume storm: one probe POST this often until every stream has resumed")
 	flag.Parse()
 	if c.Batch < 1 {
 		c.Batch = 1
@@ -147,7 +171,16 @@ func main() {
 		fatal("bad --url %q", c.URL)
 	}
 	g := &gen{cfg: c, addr: u.Host, host: u.Host, seqKey: []byte(`"seq"`), tKey: []byte(`"t"`)}
-	report := g.run()
+	// {"seq":N,"t":19 digits} is about 40 bytes; the pad makes up the rest.
+	if n := c.EventBytes - 40 - len(`,"pad":""`); n > 0 {
+		g.pad = `,"pad":"` + strings.Repeat("x", n) + `"`
+	}
+	var report map[string]any
+	if c.StormEvents > 0 {
+		report = g.runStorm()
+	} else {
+		report = g.run()
+	}
 	report["nofile_limit"] = nofile
 	report["gomaxprocs"] = runtime.GOMAXPROCS(0)
 	if c.Ceiling {
@@ -355,12 +388,17 @@ type publisher struct {
 	errors  int
 	lastErr string
 	first   int64 // unix ns of the first request
+	noPad   bool  // events without the --event-bytes padding
 	mu      sync.Mutex
 }
 
 func (p *publisher) body(lo, hi int, now int64, buf *bytes.Buffer) {
+	p.encode(lo, hi, now, buf, p.g.cfg.Batch > 1)
+}
+
+// encode writes events lo..hi-1 as a JSON array (batch) or a single object.
+func (p *publisher) encode(lo, hi int, now int64, buf *bytes.Buffer, batch bool) {
 	buf.Reset()
-	batch := p.g.cfg.Batch > 1
 	if batch {
 		buf.WriteByte('[')
 	}
@@ -374,6 +412,9 @@ func (p *publisher) body(lo, hi int, now int64, buf *bytes.Buffer) {
 		buf.WriteString(strconv.Itoa(i))
 		buf.WriteString(`,"t":`)
 		buf.WriteString(strconv.FormatInt(now, 10))
+		if !p.noPad {
+			buf.WriteString(p.g.pad)
+		}
 		buf.WriteString(`}}`)
 	}
 	if batch {
@@ -382,6 +423,12 @@ func (p *publisher) body(lo, hi int, now int64, buf *bytes.Buffer) {
 }
 
 func (p *publisher) post(body []byte) error {
+	_, err := p.postRead(body)
+	return err
+}
+
+// postRead posts body and returns the answer of a 2xx response.
+func (p *publisher) postRead(body []byte) ([]byte, error) {
 	req, _ := http.NewRequest("POST", p.url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	if p.g.cfg.Token != "" {
@@ -389,14 +436,14 @@ func (p *publisher) post(body []byte) error {
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	msg, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, msg)
+		return nil, fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, msg)
 	}
-	return nil
+	return msg, nil
 }
 
 func (p *publisher) run(events int, start time.Time) {
@@ -535,6 +582,26 @@ func round(x float64, digits int) any {
 func (g *gen) phase(name string) {
 	if g.cfg.PhaseFile != "" {
 		os.WriteFile(g.cfg.PhaseFile, []byte(name+"\n"), 0o644)
+	}
+}
+
+// stopStreams closes every stream and waits (10 s at most) for their goroutines.
+func (g *gen) stopStreams(streams []*stream, doneWG *sync.WaitGroup) []string {
+	atomic.StoreInt32(&g.stopping, 1)
+	for _, s := range streams {
+		s.mu.Lock()
+		if s.conn != nil {
+			s.conn.Close()
+		}
+		s.mu.Unlock()
+	}
+	waited := make(chan struct{})
+	go func() { doneWG.Wait(); close(waited) }()
+	select {
+	case <-waited:
+		return nil
+	case <-time.After(10 * time.Second):
+		return []string{"some stream goroutines did not stop in 10 s"}
 	}
 }
 
@@ -682,22 +749,7 @@ func (g *gen) run() map[string]any {
 		pubEnd = burstEnd
 	}
 
-	// Stop the streams.
-	atomic.StoreInt32(&g.stopping, 1)
-	for _, s := range streams {
-		s.mu.Lock()
-		if s.conn != nil {
-			s.conn.Close()
-		}
-		s.mu.Unlock()
-	}
-	waited := make(chan struct{})
-	go func() { doneWG.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-time.After(10 * time.Second):
-		warn = append(warn, "some stream goroutines did not stop in 10 s")
-	}
+	warn = append(warn, g.stopStreams(streams, &doneWG)...)
 	select {
 	case <-pubDone:
 	default:
