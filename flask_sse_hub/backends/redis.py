@@ -123,7 +123,8 @@ local done = redis.call('GET', KEYS[4])
 if done then return cjson.decode(done) end
 local window = tonumber(ARGV[1])
 local shared = tonumber(redis.call('GET', KEYS[3]) or '0')
-if shared > window then window = shared else redis.call('SET', KEYS[3], window) end
+if shared > window then window = shared
+elseif shared < window then redis.call('SET', KEYS[3], window) end
 local count = (#ARGV - 1) / 2
 if count > window then
   return redis.error_reply('SSEHUB_TOO_LARGE ' .. window)
