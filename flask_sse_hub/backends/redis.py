@@ -603,14 +603,19 @@ class RedisBackend(Backend):
             self._start_position(conn, sink)
         else:
             found, position, n = self._anchor(conn, self._last_id)
+            # Our position is an entry still there, or a position between
+            # entries (the start, or just before the oldest) whose neighbour
+            # below has the number we last saw: nothing before it went missing,
+            # and the numbering of what XREAD returns next tells the rest.
+            intact = found or (n is not None and n == self._last_n)
             changed = self._server is not None and server != self._server
-            if not found or (changed and not self.min_replicas):
+            if not intact or (changed and not self.min_replicas):
                 # Restarted, failed over (unreplicated events may be gone), or
                 # trimmed while we were away: whatever came after our last id
                 # may be lost to this worker's streams.
                 log.warning(
                     "Redis may have lost events after %s (%s); telling every stream",
-                    self._last_id, "trimmed or restarted" if not found else "another server",
+                    self._last_id, "trimmed or restarted" if not intact else "another server",
                 )
                 self._hole(sink, position)
                 self._last_n = n
