@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import queue
 import random
-import select
-import socket
-import time
-from collections.abc import Callable, Generator, Iterator
+import resource
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -17,28 +14,15 @@ from flask.blueprints import BlueprintSetupState
 
 from .auth import CorsPolicy, TokenVerifier, request_token
 from .backends import make_backend
-from .broker import Broker, Replay, ReplayInterrupted, Subscription, join_chunks
+from .broker import Broker
 from .cli import add_commands
 from .config import HubConfig, set_defaults
-from .errors import Forbidden, HubError, TooManyChannels
-from .wire import (
-    HEARTBEAT,
-    encode_gap,
-    encode_ping,
-    encode_position,
-    encode_preamble,
-    make_event,
-    validate_channel,
-)
+from .errors import AtCapacity, Forbidden, HubError, TooManyChannels
+from .sockets import ClosedPeerWatcher, cut, end_of_requests, give_up_on_silence, stream_socket
+from .stream import Stream
+from .wire import HEARTBEAT, encode_ping, encode_preamble, make_event, validate_channel
 
 log = logging.getLogger("flask_sse_hub")
-
-try:  # the C poll, even under gevent's patching: a zero timeout never blocks
-    from gevent.monkey import get_original
-
-    _poll: Callable[[], Any] = get_original("select", "poll")
-except ImportError:  # pragma: no cover - gevent is a dependency, but be lenient
-    _poll = select.poll
 
 EXTENSION_KEY = "sse_hub"
 STREAM_HEADERS = {
@@ -53,13 +37,20 @@ class Hub:
 
     def __init__(self, config: HubConfig, name: str = "sse") -> None:
         self.config = config
-        self.broker = Broker(make_backend(config, name), queue_size=config.queue_size)
+        self.broker = Broker(
+            make_backend(config, name), queue_size=config.queue_size,
+            max_streams=config.max_streams or default_capacity(),
+        )
         self.preamble = encode_preamble(config.retry_ms)
         self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
         #: Checks subscribe/publish tokens when ``SSE_JWT_*`` is set, else None.
         self.verifier = TokenVerifier.from_config(config)
         #: Answers other origins when ``SSE_CORS_ORIGINS`` is set, else None.
         self.cors = CorsPolicy(config.cors_origins) if config.cors_origins else None
+        #: Notices the streams whose clients closed while idle.
+        self.watcher = ClosedPeerWatcher()
+        #: Repeated warnings (refused requests, full worker), at most one a key per 10 s.
+        self.warnings = self.broker.warnings
 
     def publish(
         self, data: Any, *, channel: str = "default", event: str | None = None,
@@ -71,6 +62,33 @@ class Hub:
             max_bytes=self.config.max_event_bytes,
         )
         return self.broker.publish([encoded])[0]
+
+
+def default_capacity(connection_limit: int | None = None) -> int:
+    """90 % of what this process can hold: its descriptors, or the server's connection limit.
+
+    The rest stays in reserve, so publishing, ``/healthz`` and ``/stats``
+    still answer when streams fill a worker.
+    """
+    limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limit == resource.RLIM_INFINITY:
+        limit = 1 << 20
+    if connection_limit is not None:
+        limit = min(limit, connection_limit)
+    return max(1, int(limit * 0.9))
+
+
+def capacity_response(exc: AtCapacity, retry_ms: int) -> Response:
+    """A full worker's answer to a subscriber: 200, a long jittered ``retry:``, the end.
+
+    An ``EventSource`` gives up for good on a 5xx; on an ended 200 it waits
+    ``retry`` and comes back, by then maybe to another worker. The jitter
+    keeps the refused from coming back all at once.
+    """
+    wait = int(max(retry_ms, 1000) * random.uniform(2.0, 6.0))
+    body = f"retry: {wait}\n: {exc}; come back later\n\n".encode()
+    response = Response(body, mimetype="text/event-stream", headers=STREAM_HEADERS)
+    return response
 
 
 def error_response(exc: HubError) -> Response:
@@ -199,156 +217,24 @@ class SSEBlueprint(Blueprint):
         )
         if request.method == "HEAD":
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
-        sub, replay = hub.broker.subscribe(
-            channels, last_id, client=request.remote_addr,
-            max_per_client=config.max_connections_per_ip,
-        )
-        sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-        if isinstance(sock, socket.socket):
-            sub.abort = _aborter(sock)
+        try:
+            sub, replay = hub.broker.subscribe(
+                channels, last_id, client=request.remote_addr,
+                max_per_client=config.max_connections_per_ip,
+            )
+        except AtCapacity as exc:
+            hub.warnings.warn("capacity", "refusing a subscriber: %s", exc)
+            end_of_requests(stream_socket(request.environ))
+            return capacity_response(exc, config.retry_ms)
+        sock = stream_socket(request.environ)
+        if sock is not None:
+            sub.abort = functools.partial(cut, sock)
+            give_up_on_silence(sock, config.dead_client_seconds, config.heartbeat_seconds)
         response = Response(
-            _StreamBody(_stream(hub, sub, replay, last_id, sock, expires_at), hub.broker, sub),
+            Stream(hub, sub, replay, last_id, sock, expires_at),
             mimetype="text/event-stream", headers=STREAM_HEADERS,
         )
         # The server iterates the body itself, not through Werkzeug's encoding
         # and closing wrappers: two layers less for every chunk of every stream.
         response.direct_passthrough = True
         return response
-
-
-class _StreamBody:
-    """The WSGI body of a stream: the generator, and a ``close`` that always unsubscribes.
-
-    A generator that was never started runs no ``finally`` when closed, so
-    ``close`` unsubscribes itself as well (unsubscribe is idempotent).
-    """
-
-    __slots__ = ("_broker", "_chunks", "_sub")
-
-    def __init__(
-        self, chunks: Generator[bytes, None, None], broker: Broker, sub: Subscription
-    ) -> None:
-        self._chunks = chunks
-        self._broker = broker
-        self._sub = sub
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-    def close(self) -> None:
-        self._chunks.close()
-        self._broker.unsubscribe(self._sub)
-
-
-def _aborter(sock: socket.socket) -> Callable[[], None]:
-    def abort() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-    return abort
-
-
-def _peer_closed(sock: Any) -> bool:
-    """True when the client has closed its end (readable, and a peek reads EOF).
-
-    Lets an idle stream notice a vanished client at its next heartbeat instead
-    of at the write after it (the first write to a closed peer still succeeds).
-    ``poll``, not ``select``: a busy worker's descriptors go past select's 1024.
-    """
-    if not isinstance(sock, socket.socket):
-        return False
-    try:
-        poller = _poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        return bool(poller.poll(0)) and sock.recv(1, socket.MSG_PEEK) == b""
-    except OSError:
-        return True
-
-
-def _stream(
-    hub: Hub, sub: Subscription, replay: Replay, last_id: str | None, sock: Any,
-    expires_at: float | None = None,
-) -> Generator[bytes, None, None]:
-    """The response body: preamble, replay, then live events and heartbeats.
-
-    Holds no request context: a stream keeps only its subscription, so an
-    idle stream costs little memory. It ends at ``SSE_MAX_CONNECTION_SECONDS``
-    and at ``expires_at`` (Unix time; its token's expiry).
-    """
-    broker = hub.broker
-    config = hub.config
-    q = sub.queue
-    heartbeat = hub.heartbeat
-    interval = config.heartbeat_seconds
-    deadline = None
-    if config.max_connection_seconds is not None:
-        # Jitter spreads the reconnects of streams opened together.
-        deadline = time.monotonic() + config.max_connection_seconds * random.uniform(0.9, 1.0)
-    if expires_at is not None:
-        expiry = time.monotonic() + (expires_at - time.time())
-        deadline = expiry if deadline is None else min(deadline, expiry)
-    try:
-        first = hub.preamble
-        if replay.gap:
-            assert last_id is not None
-            first += encode_gap(last_id, replay.gap_position)
-        elif replay.start is not None:
-            first += encode_position(replay.start)
-        yield first
-        try:
-            for chunk, count in join_chunks(event.frame for event in replay.events):
-                yield chunk
-                sub.delivered += count
-        except ReplayInterrupted as exc:
-            # Its client resumes from the last event it got: nothing is lost.
-            log.warning("ending a stream during its replay: %s", exc)
-            sub.closed = "replay"
-        while sub.closed is None:
-            timeout = interval
-            if deadline is not None:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                timeout = min(timeout, interval)
-            try:
-                item = q.get(timeout=timeout)
-            except queue.Empty:
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-                if _peer_closed(sock):
-                    break
-                yield heartbeat
-                continue
-            if item is None or sub.closed is not None:
-                break
-            chunk, count = item
-            # Coalesce what queued up while we were writing into one write.
-            if sub.enqueued - sub.dequeued > count:
-                parts = [chunk]
-                while True:
-                    try:
-                        more = q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        sub.closed = sub.closed or "closed"
-                        break
-                    parts.append(more[0])
-                    count += more[1]
-                chunk = b"".join(parts)
-            sub.dequeued += count
-            yield chunk
-            sub.delivered += count
-        # The hub ends this stream (age, shutdown, slow): make the server close
-        # the connection after the last chunk instead of keeping it alive, so
-        # the client's reconnect opens a new one — to another worker, maybe.
-        _end_of_requests(sock)
-    finally:
-        broker.unsubscribe(sub)
-
-
-def _end_of_requests(sock: Any) -> None:
-    """Shut the read side: the server's wait for a next request on it sees EOF at once."""
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RD)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import TooManyConnections
+from .errors import AtCapacity, TooManyConnections
+from .logs import RateLimitedLog
 from .wire import Event, encode_gap
 
 log = logging.getLogger("flask_sse_hub")
@@ -71,6 +73,13 @@ class ReplayInterrupted(Exception):
 
     Its client resumes from the last event it got, which loses nothing.
     """
+
+
+#: A replay page: what a resuming stream reads at a time (one event, if larger).
+PAGE_BYTES = 128 * 1024
+#: What it writes at a time. Beyond the shared history a resuming stream holds
+#: the rest of one page and one chunk (and the server's framed copy of it).
+CHUNK_BYTES = 64 * 1024
 
 
 #: Queue items: ``(chunk, number of events in it)``; ``CLOSE`` ends the stream.
@@ -206,9 +215,15 @@ class Broker:
     outside it.
     """
 
-    def __init__(self, backend: Backend, *, queue_size: int) -> None:
+    def __init__(
+        self, backend: Backend, *, queue_size: int, max_streams: int | None = None,
+    ) -> None:
         self.backend = backend
         self.queue_size = queue_size
+        #: Streams this process holds at most (``SSE_MAX_STREAMS``); None: no limit.
+        self.max_streams = max_streams
+        #: Warnings that a flood could repeat (slow drops, refusals), rate limited.
+        self.warnings = RateLimitedLog(log)
         self._lock = threading.Lock()
         self._channels: dict[str, set[Subscription]] = {}
         self._position: str | None = None
@@ -242,8 +257,10 @@ class Broker:
         """Register a subscription; with ``last_id``, also compute what it missed.
 
         With ``client`` and ``max_per_client``, refuse (``TooManyConnections``)
-        a client that already holds that many subscriptions here.
+        a client that already holds that many subscriptions here; refuse
+        (``AtCapacity``) anyone once this process holds ``max_streams``.
         """
+        self._check_capacity()
         self._ensure_started()
         self.backend.wait_ready(timeout=3.0)
         if last_id is not None and self.backend.is_ahead(last_id, self._position):
@@ -257,6 +274,7 @@ class Broker:
                     self._waiting -= 1
         sub = Subscription(channels, client)
         with self._lock:
+            self._check_capacity()
             if client is not None:
                 held = self._per_client.get(client, 0)
                 if max_per_client is not None and held >= max_per_client:
@@ -282,6 +300,12 @@ class Broker:
             self.replays += 1
             self.gaps += replay.gap
         return sub, replay
+
+    def _check_capacity(self) -> None:
+        if self.max_streams is not None and self.connections >= self.max_streams:
+            raise AtCapacity(
+                f"this worker holds {self.connections} streams (SSE_MAX_STREAMS={self.max_streams})"
+            )
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget ``sub``; safe to call more than once."""
@@ -318,6 +342,11 @@ class Broker:
         # that keeps up always has room for the chunks in flight.
         step = max(1, self.queue_size // 4)
         for start in range(0, len(batch), step):
+            if start:
+                # A batch larger than a chunk: let the streams write what they
+                # got before the next chunk (gevent and OS threads alike yield
+                # here), so one large batch never overflows a reader that keeps up.
+                time.sleep(0)
             self._fan_out(batch[start : start + step])
 
     def _fan_out(self, batch: list[Published]) -> None:
@@ -383,7 +412,8 @@ class Broker:
             return
         with self._lock:
             self.dropped_slow += 1
-        log.warning(
+        self.warnings.warn(
+            "slow",
             "dropping slow subscriber of %s: %d events queued (SSE_QUEUE_SIZE=%d); "
             "it will resume from history",
             ",".join(sorted(sub.channels)), sub.pending, self.queue_size,
@@ -392,10 +422,18 @@ class Broker:
 
     def unsubscribe_and_release(self, sub: Subscription) -> None:
         """End ``sub``'s stream now and free what its queue holds."""
+        self.end(sub, "slow", cut=True)
+
+    def end(self, sub: Subscription, reason: str, *, cut: bool = False) -> None:
+        """Unregister ``sub`` and end its stream, freeing its queue; ``cut`` its socket too.
+
+        Cutting makes a write blocked on a client that stopped reading return
+        at once.
+        """
         abort = sub.abort
         self.unsubscribe(sub)
-        sub.close("slow", release=True)
-        if abort is not None:
+        sub.close(reason, release=True)
+        if cut and abort is not None:
             abort()
 
     # -- lifecycle ------------------------------------------------------------
@@ -415,7 +453,12 @@ class Broker:
             self._closed = True
             subs = {sub for subs in self._channels.values() for sub in subs}
         for sub in subs:
+            # Cut as well: a stream blocked writing to a client that stopped
+            # reading would otherwise hold the worker until the graceful-timeout kill.
+            abort = sub.abort
             sub.close("shutdown", release=True)
+            if abort is not None:
+                abort()
         if subs:
             log.info("closed %d open streams for shutdown", len(subs))
 
@@ -444,18 +487,22 @@ class Broker:
             }
 
 
-def join_chunks(frames: Iterable[bytes], limit: int = 262144) -> Iterator[Chunk]:
-    """Group frames into chunks of about ``limit`` bytes (replays write few, large chunks).
+def join_chunks(frames: Iterable[bytes], limit: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """Group frames into chunks of at most ``limit`` bytes (or one frame, if larger).
 
-    Lazy: one chunk is joined while the previous one is being written.
+    Lazy, and the parts of a chunk are let go before it is handed on: while a
+    client is slow to take a chunk, the stream holds that chunk and nothing else.
     """
     parts: list[bytes] = []
     size = 0
     for data in frames:
+        if parts and size + len(data) > limit:
+            chunk, count = b"".join(parts), len(parts)
+            parts, size = [], 0
+            yield chunk, count
         parts.append(data)
         size += len(data)
-        if size >= limit:
-            yield b"".join(parts), len(parts)
-            parts, size = [], 0
     if parts:
-        yield b"".join(parts), len(parts)
+        chunk, count = b"".join(parts), len(parts)
+        parts = []
+        yield chunk, count

@@ -43,10 +43,16 @@ DEFAULTS: dict[str, Any] = {
     "SSE_REDIS_SENTINELS": None,
     "SSE_REDIS_SENTINEL_MASTER": "mymaster",
     "SSE_REDIS_MIN_REPLICAS": 0,
+    # Bounded resources per client.
+    "SSE_MAX_STREAMS": None,
+    "SSE_DEAD_CLIENT_SECONDS": 60.0,
+    "SSE_MAX_BATCH": 1000,
+    "SSE_PUBLISH_BODY_SECONDS": 10.0,
+    "SSE_STATS_TOKEN": None,
 }
 
 #: Settings whose values are never logged.
-SECRETS = frozenset({"SSE_PUBLISH_TOKEN", "SSE_JWT_SECRET"})
+SECRETS = frozenset({"SSE_PUBLISH_TOKEN", "SSE_JWT_SECRET", "SSE_STATS_TOKEN"})
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -192,6 +198,11 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "SSE_REDIS_SENTINELS": _sentinels,
     "SSE_REDIS_SENTINEL_MASTER": _master_name,
     "SSE_REDIS_MIN_REPLICAS": _count,
+    "SSE_MAX_STREAMS": _optional(_positive_int),
+    "SSE_DEAD_CLIENT_SECONDS": _positive_float,
+    "SSE_MAX_BATCH": _positive_int,
+    "SSE_PUBLISH_BODY_SECONDS": _positive_float,
+    "SSE_STATS_TOKEN": _optional_str,
 }
 
 
@@ -222,6 +233,11 @@ class HubConfig:
     redis_sentinels: tuple[tuple[str, int], ...]
     redis_sentinel_master: str
     redis_min_replicas: int
+    max_streams: int | None
+    dead_client_seconds: float
+    max_batch: int
+    publish_body_seconds: float
+    stats_token: str | None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:

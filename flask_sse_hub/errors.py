@@ -80,6 +80,16 @@ class TooManyConnections(HubError):
     status = 429
 
 
+class AtCapacity(HubError):
+    """This worker already holds ``SSE_MAX_STREAMS`` streams.
+
+    Not answered as an error: the stream view answers 200 with a long
+    ``retry:`` and ends, since an ``EventSource`` gives up for good on a 5xx.
+    """
+
+    status = 503
+
+
 class BackendUnavailable(HubError):
     """The backplane (Redis) cannot be reached; nothing was published."""
 

@@ -23,7 +23,8 @@ from . import sse
 from .auth import Grants, request_token
 from .blueprint import Hub, error_response
 from .config import from_environ
-from .errors import HubError, Unauthorized
+from .errors import Forbidden, HubError, Unauthorized
+from .sockets import end_of_requests, stream_socket
 from .wire import Event, make_event
 
 log = logging.getLogger("flask_sse_hub")
@@ -63,8 +64,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(HubError)
     def hub_error(exc: HubError) -> Response:
-        if exc.status in (401, 403):
-            log.warning("refused publish from %s: %s", request.remote_addr, exc)
+        if exc.status in (401, 403, 408):
+            what = request.endpoint if request.endpoint == "publish" else request.path
+            hub.warnings.warn(
+                f"refused {what} {exc.status}", "refused %s from %s: %s",
+                what, request.remote_addr, exc,
+            )
         return error_response(exc)
 
     @app.errorhandler(HTTPException)
@@ -87,7 +92,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.post("/publish")
     def publish() -> tuple[Response, int]:
+        # Credentials first: nobody without them gets the hub to read a body.
         grants = _check_publisher(hub)
+        if grants is not None and not grants.publish:
+            raise Forbidden("token grants no publishing")
         events, batch = _parse_publish_body(hub)
         if grants is not None:
             grants.check_publish({event.channel for event in events})
@@ -115,6 +123,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.get("/stats")
     def stats() -> Response:
+        _check_operator(hub)
         return jsonify(hub.broker.stats())
 
     return app
@@ -140,15 +149,52 @@ def _check_publisher(hub: Hub) -> Grants | None:
                 token_given=token is not None,
             )
         return hub.verifier.grants(token)
-    # A request relayed by a proxy on this host arrives from loopback too; it
-    # is not a local publisher, so forwarding headers disqualify it.
-    environ = request.environ
-    forwarded = any(key in environ for key in _FORWARDING_HEADERS)
-    if forwarded or not _is_loopback(request.remote_addr):
+    if not _is_local_request():
         raise PublishRefused(
             403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
         )
+    if not _is_loopback_host(request.host):
+        # A page on a DNS name that rebinds to 127.0.0.1 reaches us from loopback
+        # too, but its requests name its own host.
+        raise PublishRefused(
+            403, f"anonymous publish needs a loopback Host (localhost, 127.x.y.z, [::1]), "
+            f"not {request.host!r}; set SSE_PUBLISH_TOKEN",
+        )
     return None
+
+
+def _is_local_request() -> bool:
+    """From loopback, and not relayed by a proxy on this host (forwarding headers)."""
+    environ = request.environ
+    forwarded = any(key in environ for key in _FORWARDING_HEADERS)
+    return not forwarded and _is_loopback(request.remote_addr)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback_host(host: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``[::1]``, with any port."""
+    name = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    return _is_loopback(name.strip("[]")) and (name.startswith("[") or name.count(".") == 3)
+
+
+def _check_operator(hub: Hub) -> None:
+    """``/stats`` and its kind: loopback clients (not relayed), or the ``SSE_STATS_TOKEN``."""
+    secret = hub.config.stats_token
+    if secret is None:
+        if not _is_local_request():
+            raise PublishRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
+        return
+    token = request_token(request)
+    if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
+        return
+    if token is None and _is_local_request():
+        return
+    raise Unauthorized(
+        "wrong bearer token" if token else "missing bearer token (SSE_STATS_TOKEN)",
+        token_given=token is not None,
+    )
 
 
 _FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
@@ -172,7 +218,7 @@ def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
     # which Werkzeug cuts at the limit without a word, is seen to be too large.
     request.max_content_length = limit + 1
     try:
-        raw = request.get_data(cache=True)
+        raw = _read_body(hub.config.publish_body_seconds)
     except RequestEntityTooLarge:
         raise too_large from None
     if len(raw) > limit:
@@ -184,6 +230,10 @@ def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
     items = payload if isinstance(payload, list) else [payload]
     if not items:
         raise PublishRefused(400, "empty batch")
+    if len(items) > hub.config.max_batch:
+        raise PublishRefused(
+            413, f"a batch of {len(items)} events, at most {hub.config.max_batch} (SSE_MAX_BATCH)"
+        )
     events = []
     for index, item in enumerate(items):
         where = f"events[{index}]: " if isinstance(payload, list) else ""
@@ -194,6 +244,41 @@ def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
         except TypeError as exc:
             raise PublishRefused(400, where + str(exc)) from None
     return events, isinstance(payload, list)
+
+
+def _read_body(seconds: float) -> bytes:
+    """The request body, which must arrive within ``seconds`` in all (408 otherwise).
+
+    Under gevent a timeout bounds the whole read, however slowly the bytes
+    trickle in; elsewhere the socket's timeout bounds each wait for more.
+    A body cut short leaves the connection unusable: it is closed after the answer.
+    """
+    late = PublishRefused(408, f"the body did not arrive within {seconds:g} s "
+                               "(SSE_PUBLISH_BODY_SECONDS)")
+    sock = stream_socket(request.environ)
+    try:
+        if _gevent_patched():
+            import gevent
+
+            with gevent.Timeout(seconds, late):
+                return request.get_data(cache=True)
+        if sock is not None:
+            sock.settimeout(seconds)
+        return request.get_data(cache=True)
+    except (TimeoutError, PublishRefused):
+        end_of_requests(sock)
+        raise late from None
+    finally:
+        if sock is not None and not _gevent_patched():
+            sock.settimeout(None)
+
+
+def _gevent_patched() -> bool:
+    try:
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(is_module_patched("socket"))
 
 
 def _event_from_json(item: Any, hub: Hub) -> Event:

@@ -11,11 +11,11 @@ import queue
 import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..broker import Backend, Published, Replay, Sink
-from ..wire import Event, frame
+from ..broker import PAGE_BYTES, Backend, Published, Replay, Sink
+from ..wire import Event, encode_gap, frame
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -33,7 +33,7 @@ class MemoryBackend(Backend):
     name = "memory"
 
     def __init__(self, *, history_size: int) -> None:
-        self.epoch = secrets.token_hex(4)
+        self.epoch = ""  # chosen by start(): in the process that serves
         self._lock = threading.Lock()
         self._seq = 0
         self._history: deque[tuple[int, Published]] = deque(maxlen=history_size)
@@ -42,6 +42,10 @@ class MemoryBackend(Backend):
         self.published = 0
 
     def start(self, sink: Sink) -> None:
+        # A new epoch in every process that starts the broadcaster: a worker
+        # forked from a preloaded app (gunicorn --preload) must not inherit
+        # its predecessor's, or the dead worker's ids would pass for positions.
+        self.epoch = secrets.token_hex(4)
         # Before the first event: a known position (replay from it is complete).
         sink.set_position(f"{self.epoch}-0")
         self._thread = threading.Thread(
@@ -117,19 +121,44 @@ class MemoryBackend(Backend):
         until = self._sequence_of(upto) or 0
         with self._lock:
             first = self._history[0][0] if self._history else self._seq + 1
-            # The known positions are "before the first retained event" up to
-            # the last fanned-out one; anything else cannot be resumed from.
-            gap = after is None or not first - 1 <= after <= until
-            start = first - 1 if after is None or gap else after
-            offset = start - (first - 1)
-            events = [
-                published
-                for seq, published in itertools.islice(self._history, offset, None)
-                if seq <= until and published.channel in channels
-            ]
+        # The known positions are "before the first retained event" up to
+        # the last fanned-out one; anything else cannot be resumed from.
+        gap = after is None or not first - 1 <= after <= until
+        start = first - 1 if after is None or gap else after
+        events = self._pages(channels, start, until)
         if gap:
             return Replay(events, gap=True, gap_position=f"{self.epoch}-{start}")
         return Replay(events)
+
+    def _pages(self, channels: frozenset[str], after: int, until: int) -> Iterator[Published]:
+        """The events of ``channels`` in (``after``, ``until``], taken a page at a time.
+
+        A slow client then holds about one page of references, not the whole
+        history (which would also keep evicted events alive). Events evicted
+        while it read are an ``sse-hub-gap`` in its replay.
+        """
+        last = f"{self.epoch}-{after}"
+        while after < until:
+            page: list[Published] = []
+            size = 0
+            with self._lock:
+                first = self._history[0][0] if self._history else self._seq + 1
+                if after + 1 < first:
+                    position = f"{self.epoch}-{first - 1}"
+                    page.append(Published(position, "", encode_gap(last, position)))
+                    after = first - 1
+                for seq, published in itertools.islice(self._history, after + 1 - first, None):
+                    if seq > until or size >= PAGE_BYTES:
+                        break
+                    after = seq
+                    if published.channel in channels:
+                        page.append(published)
+                        size += len(published.frame)
+                else:
+                    after = until
+            if page:
+                last = page[-1].id
+            yield from page
 
     def healthy(self) -> bool:
         return True

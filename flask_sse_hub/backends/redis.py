@@ -50,7 +50,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..broker import Backend, Published, Replay, ReplayInterrupted, Sink
+from ..broker import PAGE_BYTES, Backend, Published, Replay, ReplayInterrupted, Sink
 from ..errors import BackendUnavailable, BatchTooLarge, ConfigError
 from ..wire import CHANNEL_PATTERN, Event, encode_gap, frame
 
@@ -70,9 +70,8 @@ _CLOCK_MARGIN = 5.0
 POOL_SIZE = 4
 #: Redis connections one worker holds at most: broadcaster, replay, health, publish pool.
 MAX_CONNECTIONS = 3 + POOL_SIZE
-#: A replay page: about this many bytes of matching events ...
-PAGE_BYTES = 256 * 1024
-#: ... scanning at most this many entries (of any channel) per page.
+#: A replay page: about PAGE_BYTES of matching events, scanning at most this many
+#: entries (of any channel).
 PAGE_SCAN = 512
 #: Replay requests sent to Redis in one pipeline.
 _PIPELINE_DEPTH = 32
@@ -175,37 +174,48 @@ return {0, '0-0', tonumber(redis.call('GET', KEYS[2]) or '0')}
 
 # One replay page: {head id, head n, last scanned id, complete, id, body, ...}
 # with the entries of the wanted channels in [ARGV[1], ARGV[2]] (a body of
-# false: an entry without the hub's fields). The head, the first entry at
+# false: an entry without the hub's fields): about ARGV[3] bytes of them, from
+# at most ARGV[4] entries or 4 x ARGV[3] bytes scanned. The head, the first entry at
 # or after ARGV[1] whatever its channel, is what the caller checks
 # contiguity against: read in the same script as the page, so a trim cannot
 # slip between the check and the read.
 _PAGE_SCRIPT = """
-local rows = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[4])
-local budget = tonumber(ARGV[3])
+local budget, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wanted = {}
 for i = 5, #ARGV do wanted[ARGV[i]] = true end
 local out = {false, false, false, 0}
-local size = 0
-for i, row in ipairs(rows) do
-  local fields = row[2]
-  local c, b, n
-  for j = 1, #fields, 2 do
-    local k = fields[j]
-    if k == 'c' then c = fields[j + 1] elseif k == 'b' then b = fields[j + 1]
-    elseif k == 'n' then n = fields[j + 1] end
+local size, scanned, seen = 0, 0, 0
+local from = ARGV[1]
+while true do
+  -- Small steps: a page of large events must not copy hundreds of them.
+  local step = math.min(16, limit - scanned)
+  local rows = redis.call('XRANGE', KEYS[1], from, ARGV[2], 'COUNT', step)
+  for _, row in ipairs(rows) do
+    local fields = row[2]
+    local c, b, n
+    for j = 1, #fields, 2 do
+      local k = fields[j]
+      if k == 'c' then c = fields[j + 1] elseif k == 'b' then b = fields[j + 1]
+      elseif k == 'n' then n = fields[j + 1] end
+    end
+    -- Full: this entry starts the next page (the cursor stays on the one before).
+    if b and wanted[c] and size > 0 and size + #b > budget then return out end
+    if scanned == 0 then out[1] = row[1]; out[2] = n or false end
+    scanned = scanned + 1
+    out[3] = row[1]
+    if b then seen = seen + #b end
+    if c == nil or b == nil then
+      out[#out + 1] = row[1]; out[#out + 1] = false
+    elseif wanted[c] then
+      out[#out + 1] = row[1]; out[#out + 1] = b
+      size = size + #b
+    end
+    if size >= budget or seen >= 4 * budget then return out end
   end
-  if i == 1 then out[1] = row[1]; out[2] = n or false end
-  out[3] = row[1]
-  if c == nil or b == nil then
-    out[#out + 1] = row[1]; out[#out + 1] = false
-  elseif wanted[c] then
-    out[#out + 1] = row[1]; out[#out + 1] = b
-    size = size + #b
-    if size >= budget then return out end
-  end
+  if #rows < step then out[4] = 1; return out end
+  if scanned >= limit then return out end
+  from = '(' .. out[3]
 end
-if #rows < tonumber(ARGV[4]) then out[4] = 1 end
-return out
 """
 
 
@@ -311,9 +321,10 @@ class _Multiplexer:
         self._ensure_running()
         self._requests.put(request)
         request.done.wait()
-        if isinstance(request.reply, Exception):
-            raise request.reply
-        return request.reply
+        reply, request.reply = request.reply, None
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def _ensure_running(self) -> None:
         if self._thread is not None:
@@ -344,6 +355,7 @@ class _Multiplexer:
             for request, reply in zip(batch, replies, strict=True):
                 request.reply = reply
                 request.done.set()
+            del batch, replies  # not kept alive while waiting for the next request
 
 
 class _Request:
@@ -765,7 +777,10 @@ class RedisBackend(Backend):
         an ``sse-hub-gap`` event in the replay, naming the last event sent.
         """
         while True:
-            for event_id, body in page.items:
+            items = page.items
+            items.reverse()  # popped from the end: what is written is not kept
+            while items:
+                event_id, body = items.pop()
                 if event_id == page.start:
                     continue  # the client's own last event, or the previous page's end
                 if body is None or not body.endswith(b"\n\n"):

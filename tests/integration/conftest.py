@@ -184,6 +184,22 @@ class HubServer:
             time.sleep(0.05)
         return False
 
+    def worker_pid(self) -> int:
+        """The pid of the server's single gunicorn worker (the master's one child)."""
+        assert self.proc is not None
+        master = self.proc.pid
+
+        def children() -> list[int]:
+            found: list[int] = []
+            for task in Path(f"/proc/{master}/task").glob("*"):
+                with contextlib.suppress(OSError):
+                    found += [int(pid) for pid in (task / "children").read_text().split()]
+            return found
+
+        pids = wait_until(children, lambda found: len(found) == 1, timeout=10,
+                          what="one gunicorn worker", log=self.log_text)
+        return pids[0]
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import time
 from collections import deque
 from types import TracebackType
@@ -531,12 +532,17 @@ def http_request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """Make one plain (non-streaming) request; return (status, headers, body).
 
     Header names are lower-cased; repeated headers are joined with ``", "``.
+    With ``tls``, over TLS with that context.
     """
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn = (
+        http.client.HTTPConnection(host, port, timeout=timeout) if tls is None
+        else http.client.HTTPSConnection(host, port, timeout=timeout, context=tls)
+    )
     try:
         conn.request(method, path, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()

@@ -14,6 +14,7 @@ the ones used there.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import queue
@@ -36,6 +37,11 @@ from tests.support.sse_parser import Event, EventStreamParser
 WAIT = 10.0  # seconds: the bound on every wait; a pass never comes near it
 #: How long the resume race may publish: its 20 reconnects need a fraction of it.
 RACE_BUDGET = 5.0
+
+
+def listed(sub: Subscription, replay: Replay) -> tuple[Subscription, Replay]:
+    """``subscribe``'s answer with the (lazily read) replay events taken into a list."""
+    return sub, dataclasses.replace(replay, events=list(replay.events))
 
 
 def seq(event_id: str) -> int:
@@ -172,7 +178,7 @@ def run_fanout_scenario(
                 wanted.add(channels[(i + 1) % 3])
             if i % 5 == 0:
                 wanted.update(channels)
-            sub, replay = broker.subscribe(sorted(wanted))
+            sub, replay = listed(*broker.subscribe(sorted(wanted)))
             assert replay.events == [] and not replay.gap
             readers.append((frozenset(wanted), QueueReader(sub, f"reader-{i}").start()))
 
@@ -283,7 +289,7 @@ def run_resume_race(*, reconnects: int = 20) -> None:
     seen: list[Event] = []
     replayed = 0
     try:
-        sub, replay = broker.subscribe(["race"])
+        sub, replay = listed(*broker.subscribe(["race"]))
         publisher.start()
         assert started.wait(WAIT)
         parser = EventStreamParser()
@@ -296,11 +302,11 @@ def run_resume_race(*, reconnects: int = 20) -> None:
             broker.unsubscribe(sub)
             time.sleep(0)  # the publisher runs while the client is "reconnecting"
             assert not failures, failures
-            sub, replay = broker.subscribe(["race"], last_id=seen[-1].last_event_id)
+            sub, replay = listed(*broker.subscribe(["race"], last_id=seen[-1].last_event_id))
             assert not replay.gap, f"reconnect {attempt}: gap after a known id"
             parser = EventStreamParser()
             seen += parser.feed(b"".join(event.frame for event in replay.events))
-            replayed += len(replay.events)
+            replayed += len(list(replay.events))
         stop.set()
         publisher.join(WAIT)
         assert not failures, failures
@@ -488,12 +494,12 @@ def test_resume_from_known_id_replays_only_later_events_of_its_channels(
 ) -> None:
     broker = make_broker(history_size=100)
     ids = publish_and_settle(broker, [("ab"[n % 2], str(n)) for n in range(10)] + [("c", "x")])
-    sub, replay = broker.subscribe(["a"], last_id=ids[3])
+    sub, replay = listed(*broker.subscribe(["a"], last_id=ids[3]))
     assert not replay.gap
     assert [event.id for event in replay.events] == [ids[4], ids[6], ids[8]]
     assert [event.data for event in frames_of(replay.events)] == ["4", "6", "8"]
     broker.unsubscribe(sub)
-    sub, replay = broker.subscribe(["a", "b", "c"], last_id=ids[7])
+    sub, replay = listed(*broker.subscribe(["a", "b", "c"], last_id=ids[7]))
     assert not replay.gap and replay.gap_position is None
     assert [event.id for event in replay.events] == ids[8:]
 
@@ -501,7 +507,7 @@ def test_resume_from_known_id_replays_only_later_events_of_its_channels(
 def test_resume_from_latest_id_replays_nothing(make_broker: Callable[..., Broker]) -> None:
     broker = make_broker()
     ids = publish_and_settle(broker, [("a", "x"), ("a", "y")])
-    _, replay = broker.subscribe(["a"], last_id=ids[-1])
+    _, replay = listed(*broker.subscribe(["a"], last_id=ids[-1]))
     assert replay == Replay()
 
 
@@ -513,11 +519,11 @@ def test_a_new_subscription_starts_at_a_position_that_resumes_without_loss(
     # this start position to resume from: it must be known, and complete.
     broker = make_broker()
     before = publish_and_settle(broker, [("a", f"old-{n}") for n in range(published_before)])
-    sub, replay = broker.subscribe(["a"])
+    sub, replay = listed(*broker.subscribe(["a"]))
     assert replay.start == (before[-1] if before else f"{broker.backend.epoch}-0")  # type: ignore[attr-defined]
     broker.unsubscribe(sub)
     meanwhile = publish_and_settle(broker, [("a", "m1"), ("b", "other"), ("a", "m2")])
-    _, resumed = broker.subscribe(["a"], last_id=replay.start)
+    _, resumed = listed(*broker.subscribe(["a"], last_id=replay.start))
     assert not resumed.gap
     assert [event.id for event in resumed.events] == [meanwhile[0], meanwhile[2]]
 
@@ -552,7 +558,7 @@ def test_resume_with_an_id_published_but_not_yet_fanned_out_is_not_a_gap(
     fallback.start()
     try:
         (known,) = broker.publish([make_event("mine", channel="orders")])
-        sub, replay = broker.subscribe(["orders"], last_id=known)
+        sub, replay = listed(*broker.subscribe(["orders"], last_id=known))
         reader = QueueReader(sub).start()
         go.set()
         later = broker.publish([make_event("next", channel="orders")])
@@ -592,13 +598,13 @@ def test_unknown_id_is_a_gap_with_all_retained_history(
     broker = make_broker(history_size=100)
     ids = publish_and_settle(broker, [("ab"[n % 2], str(n)) for n in range(6)])
     last_id = unknown_ids(broker, ids[-1])[index]
-    sub, replay = broker.subscribe(["a"], last_id=last_id)
+    sub, replay = listed(*broker.subscribe(["a"], last_id=last_id))
     assert replay.gap, f"{last_id!r} was taken for a position"
     assert [event.id for event in replay.events] == ids[0::2]
     assert replay.gap_position is not None
     assert seq(replay.gap_position) == seq(ids[0]) - 1
     broker.unsubscribe(sub)
-    _, again = broker.subscribe(["a"], last_id=replay.gap_position)
+    _, again = listed(*broker.subscribe(["a"], last_id=replay.gap_position))
     assert again == Replay(replay.events)
     assert broker.stats()["gaps_reported"] == 1
 
@@ -617,7 +623,7 @@ def test_id_with_non_ascii_digits_is_unknown_not_a_position(
     broker = make_broker(history_size=100)
     ids = publish_and_settle(broker, [("a", str(n)) for n in range(5)])
     epoch = broker.backend.epoch  # type: ignore[attr-defined]
-    _, replay = broker.subscribe(["a"], last_id=f"{epoch}-{digits}")
+    _, replay = listed(*broker.subscribe(["a"], last_id=f"{epoch}-{digits}"))
     assert replay.gap
     assert [event.id for event in replay.events] == ids
 
@@ -629,17 +635,17 @@ def test_trimmed_history_is_a_gap_then_the_gap_position_resumes_cleanly(
     ids = publish_and_settle(broker, [("a", str(n)) for n in range(12)])
     retained = ids[-5:]
 
-    _, replay = broker.subscribe(["a"], last_id=ids[2])  # trimmed away
+    _, replay = listed(*broker.subscribe(["a"], last_id=ids[2]))  # trimmed away
     assert replay.gap
     assert [event.id for event in replay.events] == retained
     assert [event.data for event in frames_of(replay.events)] == [str(n) for n in range(7, 12)]
     assert replay.gap_position == ids[6]  # just before the oldest retained event
 
-    _, again = broker.subscribe(["a"], last_id=replay.gap_position)
+    _, again = listed(*broker.subscribe(["a"], last_id=replay.gap_position))
     assert not again.gap
     assert [event.id for event in again.events] == retained
 
-    _, inside = broker.subscribe(["a"], last_id=ids[7])
+    _, inside = listed(*broker.subscribe(["a"], last_id=ids[7]))
     assert not inside.gap
     assert [event.id for event in inside.events] == ids[8:]
 
@@ -649,19 +655,19 @@ def test_gap_on_a_quiet_channel_still_gives_a_position(
 ) -> None:
     broker = make_broker(history_size=3)
     publish_and_settle(broker, [("busy", str(n)) for n in range(10)])
-    _, replay = broker.subscribe(["quiet"], last_id="stale")
+    _, replay = listed(*broker.subscribe(["quiet"], last_id="stale"))
     assert replay.gap and replay.events == []
     assert replay.gap_position is not None
-    _, again = broker.subscribe(["quiet"], last_id=replay.gap_position)
+    _, again = listed(*broker.subscribe(["quiet"], last_id=replay.gap_position))
     assert again == Replay()
 
 
 def test_gap_on_a_fresh_hub_resumes_from_its_start(make_broker: Callable[..., Broker]) -> None:
     broker = make_broker()
-    _, replay = broker.subscribe(["a"], last_id="from-an-old-hub-9")
+    _, replay = listed(*broker.subscribe(["a"], last_id="from-an-old-hub-9"))
     assert replay.gap and replay.events == []
     assert replay.gap_position is not None
-    _, again = broker.subscribe(["a"], last_id=replay.gap_position)
+    _, again = listed(*broker.subscribe(["a"], last_id=replay.gap_position))
     assert not again.gap
 
 
@@ -752,7 +758,7 @@ def test_close_ends_every_stream_and_later_subscriptions_are_born_closed(
     for sub in subs:
         assert sub.closed == "shutdown"
         assert sub.queue.get_nowait() is CLOSE  # what was queued is dropped, CLOSE first
-    late, replay = broker.subscribe(["a"], last_id="whatever")
+    late, replay = listed(*broker.subscribe(["a"], last_id="whatever"))
     assert late.closed == "shutdown"
     assert late.queue.get_nowait() is CLOSE
     assert replay.gap
@@ -842,6 +848,6 @@ def test_an_id_written_with_leading_zeros_is_unknown_not_a_position(
     broker = make_broker()
     ids = publish_and_settle(broker, [("a", str(n)) for n in range(10)])
     epoch, _, seq = ids[6].rpartition("-")
-    _, replay = broker.subscribe(["a"], last_id=f"{epoch}-00{seq}")
+    _, replay = listed(*broker.subscribe(["a"], last_id=f"{epoch}-00{seq}"))
     assert replay.gap
     assert [event.id for event in replay.events] == ids

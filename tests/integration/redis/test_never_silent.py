@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import HubLauncher, HubServer
+from tests.integration.conftest import HubLauncher
 
 from .conftest import (
     HUB_STREAM,
     assert_every_event_or_a_gap,
     gap_ids_on_the_wire,
-    process_tree,
     stopped,
 )
 
@@ -68,14 +67,6 @@ def test_a_batch_larger_than_the_history_is_refused_whole_and_one_that_fits_is_d
     assert hub.stats()["events_published"] == published + 1 + HISTORY
 
 
-def worker_pid(hub: HubServer) -> int:
-    """The one gunicorn worker of ``hub`` (not its master)."""
-    assert hub.proc is not None
-    workers = process_tree(hub.proc.pid)[1:]
-    assert len(workers) == 1, f"expected one worker under master {hub.proc.pid}: {workers}"
-    return workers[0]
-
-
 def test_a_worker_that_lags_behind_the_trimming_tells_its_streams_of_the_gap(
     start_hub: HubLauncher, redis_url: str,
 ) -> None:
@@ -95,7 +86,7 @@ def test_a_worker_that_lags_behind_the_trimming_tells_its_streams_of_the_gap(
     in_order = list(priming.values())  # every id published, in id (publish) order
     expected: dict[str, list[str]] = {channel: [] for channel in channels}
 
-    with stopped(worker_pid(hub_b)):
+    with stopped(hub_b.worker_pid()):
         for first in range(0, 4 * HISTORY, HISTORY):
             items = [{"channel": channels[n % 2], "data": f"e{n}"}
                      for n in range(first, first + HISTORY)]
