@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_CLIENTS := tests/clients/node
 NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test test-min test-pythons lint system-deps clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,29 @@ run: $(STAMP)
 ## Lint, type-check, then the whole test suite.
 test: lint system-deps $(NODE_STAMP)
 	$(BIN)/pytest
+
+## The short suite the two checks below run: the unit tests and a few fast gunicorn files
+## (streams, publish, resume, the Redis backplane across workers, `flask sse publish`, and
+## fuzzed subscribe requests: how the server parses request headers varies by version).
+SHORT_SUITE := tests/unit \
+  tests/integration/test_stream_protocol.py \
+  tests/integration/test_publish_delivery.py \
+  tests/integration/test_resume.py \
+  tests/integration/redis/test_workers.py \
+  tests/integration/redis/test_library.py \
+  tests/integration/test_fuzz.py::test_fuzzed_subscribe_gets_a_defined_answer_and_the_hub_keeps_serving
+## The interpreter of the lowest-versions virtualenv (the one .venv uses unless given).
+MIN_PYTHON ?= $(PYTHON)
+
+## The lowest versions setup.cfg allows (runtime dependencies pinned to their lower bounds)
+## in .venv-min, then the short suite there.
+test-min: system-deps
+	$(PYTHON) tests/versions.py min --python $(MIN_PYTHON) --venv .venv-min -- $(SHORT_SUITE)
+
+## Every other CPython >= 3.10 found (pyenv, python3.1x on PATH): .venv-py3.X each, the
+## short suite in each, one after another; a version not found is skipped, said so.
+test-pythons: $(STAMP) system-deps
+	$(PYTHON) tests/versions.py pythons --exclude $(BIN)/python -- $(SHORT_SUITE)
 
 ## Debian packages the tests drive for real (installed when missing and we are root).
 SYSTEM_DEPS := redis-server:redis-server redis-sentinel:redis-sentinel chromium:chromium node:nodejs npm:npm
@@ -46,7 +69,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(NODE_CLIENTS)/node_modules
+	rm -rf $(VENV) .venv-min .venv-py3.* .pytest_cache .mypy_cache .ruff_cache .hypothesis $(NODE_CLIENTS)/node_modules
 
 ## The benchmark against the peers (see bench/README.md); BENCH_ARGS=--quick for a smoke run.
 .PHONY: bench

@@ -15,13 +15,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app
-
-from .auth import mint_token
-from .blueprint import EXTENSION_KEY, Hub, SSEBlueprint
 from .errors import (
+    AtCapacity,
     BackendUnavailable,
     BatchTooLarge,
     ConfigError,
@@ -34,10 +32,19 @@ from .errors import (
     TooManyChannels,
     TooManyConnections,
     Unauthorized,
+    WrongServer,
 )
 from .wire import Event
 
+if TYPE_CHECKING:
+    from .api import hubs, publish, shutdown, sse
+    from .auth import mint_token
+    from .blueprint import Hub, SSEBlueprint
+
+__version__ = "0.2.0"
+
 __all__ = [
+    "AtCapacity",
     "BackendUnavailable",
     "BatchTooLarge",
     "ConfigError",
@@ -53,6 +60,8 @@ __all__ = [
     "TooManyChannels",
     "TooManyConnections",
     "Unauthorized",
+    "WrongServer",
+    "__version__",
     "hubs",
     "mint_token",
     "publish",
@@ -60,39 +69,24 @@ __all__ = [
     "sse",
 ]
 
-#: The default blueprint: ``app.register_blueprint(sse, url_prefix="/stream")``.
-sse = SSEBlueprint("sse", __name__)
+# Imported on first use: ``gunicorn -c python:flask_sse_hub.gunicorn_config``
+# imports this package in the master, before the gevent worker patches the
+# standard library, and Flask, PyJWT and redis-py must not be imported there
+# (gevent warns, rightly, about an ssl imported before its patching).
+_LAZY = {
+    "sse": ".api", "hubs": ".api", "publish": ".api", "shutdown": ".api",
+    "Hub": ".blueprint", "SSEBlueprint": ".blueprint", "mint_token": ".auth",
+}
 
 
-def hubs(app: Flask | None = None) -> dict[str, Hub]:
-    """The hubs of ``app`` (default: the current app), by blueprint name."""
-    app = current_app if app is None else app
-    found: dict[str, Hub] = app.extensions.get(EXTENSION_KEY, {})
-    return found
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-def publish(
-    data: Any, *, channel: str = "default", event: str | None = None, retry: int | None = None
-) -> str:
-    """Publish through the current app's hub; return the id the hub assigned.
-
-    The hub is the default ``sse`` blueprint's, or the only one registered.
-    Same arguments and errors as :meth:`SSEBlueprint.publish`.
-    """
-    registered = hubs()
-    hub = registered.get(sse.name)
-    if hub is None:
-        if len(registered) != 1:
-            raise RuntimeError(
-                "flask_sse_hub.publish() needs the 'sse' blueprint or exactly one SSEBlueprint "
-                f"registered on the app (found: {sorted(registered) or 'none'}); "
-                "call the blueprint's own publish() instead"
-            )
-        (hub,) = registered.values()
-    return hub.publish(data, channel=channel, event=event, retry=retry)
-
-
-def shutdown(app: Flask) -> None:
-    """End every open stream of ``app`` so clients reconnect (call on SIGTERM)."""
-    for hub in hubs(app).values():
-        hub.broker.close()
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -6,19 +6,26 @@ import functools
 import logging
 import random
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
 from .auth import CorsPolicy, TokenVerifier, request_token
 from .backends import make_backend
 from .broker import Broker
 from .cli import add_commands
-from .config import HubConfig, set_defaults
-from .errors import AtCapacity, Forbidden, HubError, TooManyChannels
-from .sockets import ClosedPeerWatcher, cut, end_of_requests, give_up_on_silence, stream_socket
+from .config import HubConfig, set_defaults, warn_unknown_keys
+from .errors import AtCapacity, Forbidden, HubError, TooManyChannels, WrongServer
+from .sockets import (
+    ClosedPeerWatcher,
+    cut,
+    end_of_requests,
+    gevent_patched,
+    give_up_on_silence,
+    stream_socket,
+)
 from .stream import Stream
 from .wire import HEARTBEAT, encode_ping, encode_preamble, make_event, validate_channel
 
@@ -51,12 +58,44 @@ class Hub:
         self.watcher = ClosedPeerWatcher()
         #: Repeated warnings (refused requests, full worker), at most one a key per 10 s.
         self.warnings = self.broker.warnings
+        #: The threads of a threaded server (gunicorn gthread), when known: each stream holds one.
+        self.threads: int | None = None
+        self._warned_threads = False
+
+    def check_server(self, environ: Mapping[str, Any], *, streaming: bool = False) -> None:
+        """Refuse (500, ``WrongServer``) a server this hub cannot work on, saying what to change."""
+        if environ.get("wsgi.multiprocess") and self.broker.backend.name == "memory":
+            raise WrongServer(
+                "this server runs several worker processes, but the hub uses the memory backend: "
+                "an event published in one would never reach the streams of another. Set "
+                "SSE_REDIS_URL (Redis as the backplane), or serve one process"
+            )
+        if not streaming or gevent_patched():
+            return
+        real_server = stream_socket(environ) is not None or "SERVER_SOFTWARE" in environ
+        if real_server and not environ.get("wsgi.multithread"):
+            raise WrongServer(
+                "this server runs one request per process at a time (gunicorn's sync worker?): "
+                "one stream would block it. Serve the app with gunicorn's gevent worker: "
+                "gunicorn -c python:flask_sse_hub.gunicorn_config (or -k gevent)"
+            )
+        if self.threads and not self._warned_threads and \
+                self.broker.connections + 1 >= 0.9 * self.threads:
+            self._warned_threads = True
+            log.warning(
+                "streams hold %d of this worker's %d threads: each stream holds a thread here, "
+                "and requests wait once all are taken. Use gunicorn's gevent worker "
+                "(-k gevent, or -c python:flask_sse_hub.gunicorn_config) for many streams",
+                self.broker.connections + 1, self.threads,
+            )
 
     def publish(
         self, data: Any, *, channel: str = "default", event: str | None = None,
         retry: int | None = None,
     ) -> str:
         """Validate, encode once, publish; return the id the hub assigned."""
+        if has_request_context():
+            self.check_server(request.environ)
         encoded = make_event(
             data, channel=channel, event=event, retry=retry,
             max_bytes=self.config.max_event_bytes,
@@ -137,7 +176,10 @@ class SSEBlueprint(Blueprint):
         hubs = app.extensions.setdefault(EXTENSION_KEY, {})
         if self.name in hubs:  # registered again under another prefix: same hub
             return
+        # The app's own views call publish(): a WrongServer there answers JSON too.
+        app.register_error_handler(WrongServer, error_response)
         set_defaults(app.config)
+        warn_unknown_keys(app.config)
         config = HubConfig.from_mapping(app.config)
         hubs[self.name] = Hub(config, self.name)
         log.info("hub %r ready: %s", self.name, config.summary())
@@ -209,14 +251,17 @@ class SSEBlueprint(Blueprint):
                 if not allowed(channel):
                     raise Forbidden(f"not allowed to subscribe to {channel!r}")
         # SPEC §3: the header (sent by the browser on reconnect) wins over the query.
+        # Stripped: not every server drops a header value's surrounding
+        # whitespace (gunicorn 22 keeps it), and no id has any.
         last_id = (
-            request.headers.get("Last-Event-ID")
+            request.headers.get("Last-Event-ID", "").strip(" \t")
             or request.args.get("lastEventId")
             or request.args.get("last_event_id")
             or None
         )
         if request.method == "HEAD":
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
+        hub.check_server(request.environ, streaming=True)
         try:
             sub, replay = hub.broker.subscribe(
                 channels, last_id, client=request.remote_addr,

@@ -52,8 +52,10 @@ def add_commands(blueprint: SSEBlueprint) -> None:
         config = blueprint.hub().config
         if config.jwt_secret is None:
             raise click.ClickException(
-                "SSE_JWT_SECRET is not set (with SSE_JWT_PUBLIC_KEY, tokens are minted "
-                "with the private key, by whoever holds it)"
+                "SSE_JWT_SECRET is not set in this app's config (a library app reads "
+                "app.config, not the environment; the standalone hub reads SSE_* environment "
+                "variables). With SSE_JWT_PUBLIC_KEY, tokens are minted with the private key, "
+                "by whoever holds it"
             )
         if not subscribe and not publish:
             raise click.UsageError("grant something: --subscribe CHANNEL and/or --publish CHANNEL")

@@ -6,6 +6,8 @@ from the environment variable of the same name (:func:`from_environ`).
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping
@@ -14,6 +16,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
+
+log = logging.getLogger("flask_sse_hub")
 
 DEFAULTS: dict[str, Any] = {
     "SSE_REDIS_URL": None,
@@ -277,6 +281,24 @@ def _mask_url(url: str) -> str:
         safe="*",
     )
     return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+#: ``SSE_*`` environment variables of the packaged gunicorn settings, not of the hub.
+SERVER_KEYS = frozenset({
+    "SSE_BIND", "SSE_GRACEFUL_TIMEOUT", "SSE_WORKER_CONNECTIONS", "SSE_LOG_LEVEL",
+    "SSE_ACCESS_LOG",
+})
+
+
+def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:
+    """Log each ``SSE_*`` key the hub does not know (a typo is otherwise silently ignored)."""
+    known = DEFAULTS.keys() | SERVER_KEYS
+    unknown = sorted(key for key in config if key.startswith("SSE_") and key not in known)
+    for key in unknown:
+        close = difflib.get_close_matches(key, DEFAULTS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        log.warning("unknown setting %s is ignored%s", key, hint)
+    return unknown
 
 
 def set_defaults(config: MutableMapping[str, Any]) -> None:

@@ -96,5 +96,16 @@ class BackendUnavailable(HubError):
     status = 503
 
 
+class WrongServer(HubError):
+    """The app is served in a way a stream cannot work in; the reason says what to change.
+
+    A server that runs one request per process at a time (gunicorn's sync
+    worker) would be blocked by one stream; several processes with the
+    memory backend would each see only their own subscribers.
+    """
+
+    status = 500
+
+
 class ConfigError(HubError, ValueError):
     """An ``SSE_*`` setting has a value of the wrong type or range."""

@@ -19,12 +19,12 @@ from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import sse
+from .api import sse
 from .auth import Grants, request_token
 from .blueprint import Hub, error_response
 from .config import from_environ
 from .errors import Forbidden, HubError, Unauthorized
-from .sockets import end_of_requests, stream_socket
+from .sockets import end_of_requests, gevent_patched, stream_socket
 from .wire import Event, make_event
 
 log = logging.getLogger("flask_sse_hub")
@@ -92,6 +92,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.post("/publish")
     def publish() -> tuple[Response, int]:
+        hub.check_server(request.environ)
         # Credentials first: nobody without them gets the hub to read a body.
         grants = _check_publisher(hub)
         if grants is not None and not grants.publish:
@@ -257,7 +258,7 @@ def _read_body(seconds: float) -> bytes:
                                "(SSE_PUBLISH_BODY_SECONDS)")
     sock = stream_socket(request.environ)
     try:
-        if _gevent_patched():
+        if gevent_patched():
             import gevent
 
             with gevent.Timeout(seconds, late):
@@ -269,16 +270,8 @@ def _read_body(seconds: float) -> bytes:
         end_of_requests(sock)
         raise late from None
     finally:
-        if sock is not None and not _gevent_patched():
+        if sock is not None and not gevent_patched():
             sock.settimeout(None)
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent.monkey import is_module_patched
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return False
-    return bool(is_module_patched("socket"))
 
 
 def _event_from_json(item: Any, hub: Hub) -> Event:

@@ -41,6 +41,15 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 _GONE = _POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
+def gevent_patched() -> bool:
+    """True when gevent made sockets cooperative (its gunicorn worker does): waits yield."""
+    try:
+        from gevent.monkey import is_module_patched
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return False
+    return bool(is_module_patched("socket"))
+
+
 def stream_socket(environ: Mapping[str, Any]) -> socket.socket | None:
     """The client connection of this request, when the server exposes it."""
     sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")

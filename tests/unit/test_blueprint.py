@@ -376,6 +376,21 @@ def test_resume_id_from_header_or_query_and_header_wins(
     assert all(e.type == "message" for e in events)
 
 
+@pytest.mark.parametrize("padding", [" ", "\t", " \t "])
+def test_whitespace_around_the_last_event_id_header_is_not_part_of_the_id(
+    three_events: tuple[Flask, list[str]], padding: str,
+) -> None:
+    # Some servers (gunicorn 22) pass a header value's surrounding whitespace on.
+    app, ids = three_events
+    padded = f"{padding}{ids[1]}{padding}"
+    stream = open_stream(app, "?channel=r", headers={"Last-Event-ID": padded})
+    try:
+        events = stream.read(1)
+    finally:
+        stream.close()
+    assert [(e.type, e.last_event_id) for e in events] == [("message", ids[2])]
+
+
 def test_unknown_resume_id_starts_with_a_gap_event_then_history_then_live(
     three_events: tuple[Flask, list[str]],
 ) -> None:

@@ -129,7 +129,6 @@ def test_several_workers_without_redis_are_refused_with_the_reason(
         output, _ = master.communicate()
         pytest.fail(f"gunicorn started 2 workers with the memory backend:\n{output}")
     assert master.returncode != 0, output
-    assert "WEB_CONCURRENCY=2" in output, output
-    assert "memory backend" in output, output
+    assert "refusing to run 2 workers with the memory backend" in output, output
     assert "SSE_REDIS_URL" in output, output
-    assert "Booting worker" not in output, output
+    assert "Worker failed to boot" in output, output  # the worker refused, the master stopped
