@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -321,3 +322,25 @@ def test_the_wheel_holds_what_a_pip_user_needs(installed: Installed) -> None:
                for path in (REPO_ROOT / "flask_sse_hub").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
     print(f"wheel built and installed in {installed.seconds:.1f}s")
+
+
+def test_the_sdist_carries_the_tests_and_the_checkout_configuration(tmp_path: Path) -> None:
+    """An sdist (built through setuptools' PEP 517 hook) can test and serve like a checkout."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=NOT_BUILT_FROM)
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    code = ("import sys; from setuptools import build_meta; "
+            "print(build_meta.build_sdist(sys.argv[1]))")
+    built = subprocess.run([sys.executable, "-c", code, str(dist)], cwd=source,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    (sdist,) = dist.glob("flask[-_]sse[-_]hub-*.tar.gz")  # older setuptools: dashes
+    with tarfile.open(sdist) as archive:
+        names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+    for name in ("LICENSE", "CHANGELOG.md", "README.md", "Makefile", "wsgi.py",
+                 "gunicorn.conf.py", "setup.cfg", "pyproject.toml", "tests/conftest.py",
+                 "tests/unit/test_wire.py", "tests/integration/conftest.py",
+                 "tests/clients/node/package-lock.json", "flask_sse_hub/gunicorn_config.py"):
+        assert name in names, f"{name} is not in {sdist.name}"
+    assert not any("node_modules" in name or "__pycache__" in name for name in names)
