@@ -1,7 +1,11 @@
-"""The ``SSE_*`` settings: defaults in one place, typed and checked once.
+"""The ``SSE_*`` settings: one table (:data:`SETTINGS`) says each one's default,
+parser, meaning and scope; the defaults, the parsing, the start-up summary
+and the documented reference all come from it.
 
 A Flask app sets them in ``app.config``; the standalone hub also reads each
 from the environment variable of the same name (:func:`from_environ`).
+Settings of scope ``standalone`` are read by the standalone hub's routes only
+(``POST /publish``, ``/stats``); a library app may leave them unset.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,44 +23,6 @@ from .errors import ConfigError
 
 log = logging.getLogger("flask_sse_hub")
 
-DEFAULTS: dict[str, Any] = {
-    "SSE_REDIS_URL": None,
-    "SSE_HEARTBEAT_SECONDS": 15.0,
-    "SSE_RETRY_MS": 2000,
-    "SSE_HISTORY_SIZE": 1000,
-    "SSE_QUEUE_SIZE": 1000,
-    "SSE_MAX_EVENT_BYTES": 65536,
-    "SSE_MAX_CHANNELS": 32,
-    "SSE_PING_EVENT": None,
-    "SSE_MAX_CONNECTION_SECONDS": None,
-    "SSE_PUBLISH_TOKEN": None,
-    # Not in SPEC §6 but needed by a real deployment: the largest POST /publish body.
-    "SSE_MAX_PUBLISH_BYTES": 1048576,
-    # Issue 4: browsers on other origins, channel tokens, per-client limits.
-    "SSE_CORS_ORIGINS": None,
-    "SSE_JWT_SECRET": None,
-    "SSE_JWT_PUBLIC_KEY": None,
-    "SSE_JWT_AUDIENCE": None,
-    "SSE_JWT_ISSUER": None,
-    "SSE_JWT_COOKIE": "sse_token",
-    "SSE_MAX_CONNECTIONS_PER_IP": None,
-    # Standalone: reverse proxies whose X-Forwarded-* headers are trusted.
-    "SSE_PROXY_HOPS": 0,
-    # The Redis backplane under faults: bounded waits, Sentinel, replicated publishes.
-    "SSE_REDIS_TIMEOUT": 2.0,
-    "SSE_REDIS_SENTINELS": None,
-    "SSE_REDIS_SENTINEL_MASTER": "mymaster",
-    "SSE_REDIS_MIN_REPLICAS": 0,
-    # Bounded resources per client.
-    "SSE_MAX_STREAMS": None,
-    "SSE_DEAD_CLIENT_SECONDS": 60.0,
-    "SSE_MAX_BATCH": 1000,
-    "SSE_PUBLISH_BODY_SECONDS": 10.0,
-    "SSE_STATS_TOKEN": None,
-}
-
-#: Settings whose values are never logged.
-SECRETS = frozenset({"SSE_PUBLISH_TOKEN", "SSE_JWT_SECRET", "SSE_STATS_TOKEN"})
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -178,36 +144,99 @@ def _master_name(key: str, value: Any) -> str:
     return value
 
 
-_PARSERS: dict[str, Callable[[str, Any], Any]] = {
-    "SSE_REDIS_URL": _optional_str,
-    "SSE_HEARTBEAT_SECONDS": _positive_float,
-    "SSE_RETRY_MS": _positive_int,
-    "SSE_HISTORY_SIZE": _positive_int,
-    "SSE_QUEUE_SIZE": _positive_int,
-    "SSE_MAX_EVENT_BYTES": _positive_int,
-    "SSE_MAX_CHANNELS": _positive_int,
-    "SSE_PING_EVENT": _optional_str,
-    "SSE_MAX_CONNECTION_SECONDS": _optional(_positive_float),
-    "SSE_PUBLISH_TOKEN": _optional_str,
-    "SSE_MAX_PUBLISH_BYTES": _positive_int,
-    "SSE_CORS_ORIGINS": _origins,
-    "SSE_JWT_SECRET": _optional_str,
-    "SSE_JWT_PUBLIC_KEY": _optional_str,
-    "SSE_JWT_AUDIENCE": _optional_str,
-    "SSE_JWT_ISSUER": _optional_str,
-    "SSE_JWT_COOKIE": _cookie_name,
-    "SSE_MAX_CONNECTIONS_PER_IP": _optional(_positive_int),
-    "SSE_PROXY_HOPS": _count,
-    "SSE_REDIS_TIMEOUT": _positive_float,
-    "SSE_REDIS_SENTINELS": _sentinels,
-    "SSE_REDIS_SENTINEL_MASTER": _master_name,
-    "SSE_REDIS_MIN_REPLICAS": _count,
-    "SSE_MAX_STREAMS": _optional(_positive_int),
-    "SSE_DEAD_CLIENT_SECONDS": _positive_float,
-    "SSE_MAX_BATCH": _positive_int,
-    "SSE_PUBLISH_BODY_SECONDS": _positive_float,
-    "SSE_STATS_TOKEN": _optional_str,
-}
+def _event_type(key: str, value: Any) -> str | None:
+    """An event type for ``SSE_PING_EVENT``: no CR, LF or NUL, at most 128 characters."""
+    text = _optional_str(key, value)
+    if text is not None and (re.search(r"[\r\n\x00]", text) or len(text) > 128):
+        raise ConfigError(f"{key} must be an event type without CR, LF or NUL, got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``SSE_*`` setting: its key, default, parser, meaning and who reads it."""
+
+    key: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    doc: str
+    #: Never logged (the start-up summary shows ``***``).
+    secret: bool = False
+    #: ``hub`` (library apps and the standalone hub) or ``standalone`` (its routes only).
+    scope: str = "hub"
+    #: How the summary shows a set value, when not as it is.
+    show: Callable[[Any], str] | None = None
+
+    @property
+    def field(self) -> str:
+        """The :class:`HubConfig` attribute: the key without ``SSE_``, lower-cased."""
+        return self.key[len("SSE_"):].lower()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("SSE_REDIS_URL", None, _optional_str,
+            "unset: memory backend; set (`redis://host:port/db`): Redis backplane",
+            show=lambda url: _mask_url(url)),
+    Setting("SSE_HEARTBEAT_SECONDS", 15.0, _positive_float,
+            "idle comment interval"),
+    Setting("SSE_RETRY_MS", 2000, _positive_int, "reconnect delay sent to clients"),
+    Setting("SSE_HISTORY_SIZE", 1000, _positive_int,
+            "events retained for replay (all channels together)"),
+    Setting("SSE_QUEUE_SIZE", 1000, _positive_int,
+            "events a subscriber may have pending before it is dropped as slow"),
+    Setting("SSE_MAX_EVENT_BYTES", 65536, _positive_int, "largest encoded event"),
+    Setting("SSE_MAX_CHANNELS", 32, _positive_int, "channels per stream"),
+    Setting("SSE_PING_EVENT", None, _event_type,
+            "heartbeat as an event of this type (no id) instead of a comment"),
+    Setting("SSE_MAX_CONNECTION_SECONDS", None, _optional(_positive_float),
+            "end a stream after this age (minus up to 10 % jitter); clients resume"),
+    Setting("SSE_PUBLISH_TOKEN", None, _optional_str,
+            "bearer token for `POST /publish`", secret=True, scope="standalone"),
+    Setting("SSE_MAX_PUBLISH_BYTES", 1048576, _positive_int,
+            "largest `POST /publish` body", scope="standalone"),
+    Setting("SSE_CORS_ORIGINS", None, _origins,
+            "origins whose pages may subscribe and publish",
+            show=lambda origins: ",".join(origins)),
+    Setting("SSE_JWT_SECRET", None, _optional_str,
+            "HS256 key: subscribers and publishers need a JWT", secret=True),
+    Setting("SSE_JWT_PUBLIC_KEY", None, _optional_str,
+            "PEM public key (or its file's path) for RS/ES/EdDSA tokens",
+            show=lambda _key: "(set)"),
+    Setting("SSE_JWT_AUDIENCE", None, _optional_str, "required `aud` of tokens"),
+    Setting("SSE_JWT_ISSUER", None, _optional_str, "required `iss` of tokens"),
+    Setting("SSE_JWT_COOKIE", "sse_token", _cookie_name,
+            "cookie a subscriber's token may come in"),
+    Setting("SSE_MAX_CONNECTIONS_PER_IP", None, _optional(_positive_int),
+            "open streams per client address and worker (429 beyond)"),
+    Setting("SSE_PROXY_HOPS", 0, _count,
+            "trusted reverse proxies in front (their `X-Forwarded-*` headers are believed)",
+            scope="standalone"),
+    Setting("SSE_REDIS_TIMEOUT", 2.0, _positive_float,
+            "seconds within which a Redis call answers or fails"),
+    Setting("SSE_REDIS_SENTINELS", None, _sentinels,
+            "`host:port,host:port`: find the Redis master through Sentinel",
+            show=lambda found: ",".join(f"{host}:{port}" for host, port in found)),
+    Setting("SSE_REDIS_SENTINEL_MASTER", "mymaster", _master_name,
+            "the master name the Sentinels monitor"),
+    Setting("SSE_REDIS_MIN_REPLICAS", 0, _count,
+            "replicas that must have an event before a publish answers 202 (`WAIT`)"),
+    Setting("SSE_MAX_STREAMS", None, _optional(_positive_int),
+            "streams per worker (default: 90 % of its connection limit)"),
+    Setting("SSE_DEAD_CLIENT_SECONDS", 60.0, _positive_float,
+            "a client that vanished without closing is dropped within this"),
+    Setting("SSE_MAX_BATCH", 1000, _positive_int,
+            "events in one `POST /publish` batch (413 beyond)", scope="standalone"),
+    Setting("SSE_PUBLISH_BODY_SECONDS", 10.0, _positive_float,
+            "a `POST /publish` body must arrive within this (408)", scope="standalone"),
+    Setting("SSE_STATS_TOKEN", None, _optional_str,
+            "bearer token for `/stats` from clients that are not on loopback",
+            secret=True, scope="standalone"),
+)
+
+#: Every setting's default, by key.
+DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SETTINGS}
+#: Settings whose values are never logged.
+SECRETS = frozenset(setting.key for setting in SETTINGS if setting.secret)
 
 
 @dataclass(frozen=True)
@@ -246,28 +275,28 @@ class HubConfig:
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:
         """Read the ``SSE_*`` keys of ``config`` (a Flask config), defaults for missing ones."""
-        values = {
-            key: parse(key, config.get(key, DEFAULTS[key])) for key, parse in _PARSERS.items()
-        }
-        return cls(**{key[len("SSE_"):].lower(): value for key, value in values.items()})
+        return cls(**{
+            setting.field: setting.parse(setting.key, config.get(setting.key, setting.default))
+            for setting in SETTINGS
+        })
 
     def summary(self) -> str:
         """One log line of the settings, with secrets masked."""
         shown = []
-        for key in _PARSERS:
-            value = getattr(self, key[len("SSE_"):].lower())
-            if key in SECRETS and value:
-                value = "***"
-            elif key == "SSE_REDIS_URL" and value:
-                value = _mask_url(value)
-            elif key == "SSE_JWT_PUBLIC_KEY" and value:
-                value = "(set)"
-            elif key == "SSE_CORS_ORIGINS":
-                value = ",".join(value) or None
-            elif key == "SSE_REDIS_SENTINELS":
-                value = ",".join(f"{host}:{port}" for host, port in value) or None
-            shown.append(f"{key}={value}")
+        for setting in SETTINGS:
+            value = getattr(self, setting.field)
+            if value in (None, (), ""):
+                text = "None"
+            elif setting.secret:
+                text = "***"
+            else:
+                text = setting.show(value) if setting.show is not None else str(value)
+            shown.append(f"{setting.key}={text}")
         return " ".join(shown)
+
+
+if {field.name for field in fields(HubConfig)} != {setting.field for setting in SETTINGS}:
+    raise RuntimeError("HubConfig's fields and SETTINGS differ")  # caught by every test run
 
 
 def _mask_url(url: str) -> str:

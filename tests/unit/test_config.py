@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +12,7 @@ from flask import Flask
 
 import flask_sse_hub
 from flask_sse_hub import ConfigError, SSEBlueprint
-from flask_sse_hub.config import DEFAULTS, HubConfig, from_environ, set_defaults
+from flask_sse_hub.config import DEFAULTS, SETTINGS, HubConfig, from_environ, set_defaults
 
 SPEC_DEFAULTS = {
     "SSE_REDIS_URL": None,
@@ -169,3 +172,43 @@ def test_summary_masks_a_redis_password(url: str, shown: str) -> None:
 def test_summary_shows_a_redis_url_without_password() -> None:
     summary = HubConfig.from_mapping({"SSE_REDIS_URL": "redis://localhost:6379/1"}).summary()
     assert "SSE_REDIS_URL=redis://localhost:6379/1" in summary
+
+
+def readme_settings_table() -> dict[str, str]:
+    """The README's configuration table: each key in a row's first cell -> its default."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`SSE_"):
+            for key in re.findall(r"`(SSE_[A-Z_]+)`", cells[0]):
+                rows[key] = cells[1].strip("`")
+    return rows
+
+
+def test_the_documented_settings_are_the_settings_table_with_its_defaults() -> None:
+    documented = readme_settings_table()
+    assert set(documented) == {setting.key for setting in SETTINGS}
+    for setting in SETTINGS:
+        shown = documented[setting.key]
+        if setting.default is None:
+            assert shown == "unset" or setting.key == "SSE_MAX_STREAMS", (setting.key, shown)
+        elif isinstance(setting.default, (int, float)):
+            assert float(shown) == setting.default, (setting.key, shown)
+        else:
+            assert shown == setting.default, (setting.key, shown)
+
+
+def test_every_setting_is_a_hub_config_field_and_secrets_are_masked_in_the_summary() -> None:
+    assert [setting.field for setting in SETTINGS] == [f.name for f in fields(HubConfig)]
+    values = {setting.key: "s3cret-value" for setting in SETTINGS if setting.secret}
+    summary = HubConfig.from_mapping(values).summary()
+    assert "s3cret-value" not in summary
+    assert all(f"{key}=***" in summary for key in values)
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "nul\x00", "x" * 129])
+def test_a_bad_ping_event_type_is_a_config_error_naming_the_key(value: str) -> None:
+    with pytest.raises(ConfigError, match="SSE_PING_EVENT"):
+        HubConfig.from_mapping({"SSE_PING_EVENT": value})
