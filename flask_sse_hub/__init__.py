@@ -37,7 +37,7 @@ from .errors import (
 from .wire import Event
 
 if TYPE_CHECKING:
-    from .api import hubs, publish, shutdown, sse
+    from .api import hubs, publish, publish_many, shutdown, sse
     from .auth import mint_token
     from .blueprint import Hub, SSEBlueprint
 
@@ -65,6 +65,7 @@ __all__ = [
     "hubs",
     "mint_token",
     "publish",
+    "publish_many",
     "shutdown",
     "sse",
 ]
@@ -74,7 +75,8 @@ __all__ = [
 # standard library, and Flask, PyJWT and redis-py must not be imported there
 # (gevent warns, rightly, about an ssl imported before its patching).
 _LAZY = {
-    "sse": ".api", "hubs": ".api", "publish": ".api", "shutdown": ".api",
+    "sse": ".api", "hubs": ".api", "publish": ".api", "publish_many": ".api",
+    "shutdown": ".api",
     "Hub": ".blueprint", "SSEBlueprint": ".blueprint", "mint_token": ".auth",
 }
 

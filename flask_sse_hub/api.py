@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flask import Flask, current_app
@@ -27,17 +28,31 @@ def publish(
     The hub is the default ``sse`` blueprint's, or the only one registered.
     Same arguments and errors as :meth:`SSEBlueprint.publish`.
     """
+    return _current_hub("publish").publish(data, channel=channel, event=event, retry=retry)
+
+
+def publish_many(items: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Publish a batch through the current app's hub, in order, all or nothing; return the ids.
+
+    Items have the fields of ``POST /publish`` (``data``, ``channel``,
+    ``event``, ``retry``); see :meth:`SSEBlueprint.publish_many`.
+    """
+    return _current_hub("publish_many").publish_many(items)
+
+
+def _current_hub(caller: str) -> Hub:
+    """The default ``sse`` blueprint's hub of the current app, or its only hub."""
     registered = hubs()
     hub = registered.get(sse.name)
     if hub is None:
         if len(registered) != 1:
             raise RuntimeError(
-                "flask_sse_hub.publish() needs the 'sse' blueprint or exactly one SSEBlueprint "
-                f"registered on the app (found: {sorted(registered) or 'none'}); "
-                "call the blueprint's own publish() instead"
+                f"flask_sse_hub.{caller}() needs the 'sse' blueprint or exactly one "
+                f"SSEBlueprint registered on the app (found: {sorted(registered) or 'none'}); "
+                f"call the blueprint's own {caller}() instead"
             )
         (hub,) = registered.values()
-    return hub.publish(data, channel=channel, event=event, retry=retry)
+    return hub
 
 
 def shutdown(app: Flask) -> None:

@@ -6,7 +6,7 @@ import functools
 import logging
 import random
 import resource
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify, request
@@ -27,7 +27,14 @@ from .sockets import (
     stream_socket,
 )
 from .stream import Stream
-from .wire import HEARTBEAT, encode_ping, encode_preamble, make_event, validate_channel
+from .wire import (
+    EVENT_FIELDS,
+    HEARTBEAT,
+    encode_ping,
+    encode_preamble,
+    make_event,
+    validate_channel,
+)
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -101,6 +108,30 @@ class Hub:
             max_bytes=self.config.max_event_bytes,
         )
         return self.broker.publish([encoded])[0]
+
+    def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Publish a batch, in order, as one call; return the ids.
+
+        Each item has the fields of ``POST /publish``: ``data`` (required),
+        ``channel``, ``event``, ``retry``. Every event is validated before any
+        is published: one bad item publishes nothing. With Redis a batch larger
+        than the history is refused whole (``BatchTooLarge``).
+        """
+        if has_request_context():
+            self.check_server(request.environ)
+        events = []
+        for index, item in enumerate(items):
+            unknown = set(item) - EVENT_FIELDS
+            if unknown or "data" not in item:
+                raise TypeError(
+                    f"items[{index}]: an event is a mapping with 'data' and optionally "
+                    f"'channel', 'event', 'retry' (got {sorted(item)})"
+                )
+            events.append(make_event(
+                item["data"], channel=item.get("channel", "default"), event=item.get("event"),
+                retry=item.get("retry"), max_bytes=self.config.max_event_bytes,
+            ))
+        return self.broker.publish(events) if events else []
 
 
 def default_capacity(connection_limit: int | None = None) -> int:
@@ -220,6 +251,13 @@ class SSEBlueprint(Blueprint):
         ``TypeError`` for data JSON cannot encode, and ``BackendUnavailable``.
         """
         return self.hub().publish(data, channel=channel, event=event, retry=retry)
+
+    def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Publish a batch in order, all or nothing (see :meth:`Hub.publish_many`)::
+
+            ids = sse.publish_many([{"data": 1, "channel": "a"}, {"data": 2, "channel": "b"}])
+        """
+        return self.hub().publish_many(items)
 
     # -- the stream ---------------------------------------------------------
 

@@ -25,12 +25,10 @@ from .blueprint import Hub, error_response
 from .config import from_environ
 from .errors import Forbidden, HubError, Unauthorized
 from .sockets import end_of_requests, gevent_patched, stream_socket
-from .wire import Event, make_event
+from .wire import EVENT_FIELDS, Event, make_event
 
 log = logging.getLogger("flask_sse_hub")
 
-#: Fields a ``POST /publish`` event object may have.
-EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
 
 
 class PublishRefused(HubError):

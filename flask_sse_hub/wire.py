@@ -27,6 +27,8 @@ MAX_EVENT_TYPE_LENGTH = 128
 RESERVED_TYPE_PREFIX = "sse-hub-"
 GAP_EVENT_TYPE = "sse-hub-gap"
 POSITION_EVENT_TYPE = "sse-hub-position"
+#: The fields of an event as a publisher gives it (``POST /publish``, ``publish_many``).
+EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
 #: ``id: `` + the longest id + LF: the room an id line can take in a frame.
 MAX_ID_LINE_BYTES = len(b"id: \n") + 64
 

@@ -135,6 +135,36 @@ def test_published_events_arrive_with_the_ids_publish_returned(
     assert stream.parser.retry == 500
 
 
+def test_publish_many_publishes_a_batch_in_order_and_a_bad_item_publishes_nothing(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(flask_sse_hub.sse)
+    stream = open_stream(app, "?channel=a&channel=b")
+    try:
+        with app.app_context():
+            ids = flask_sse_hub.publish_many([
+                {"data": {"n": 1}, "channel": "a"},
+                {"data": "two", "channel": "b", "event": "note"},
+                {"data": "three", "channel": "a", "retry": 700},
+            ])
+            no_data, unknown_field = {"channel": "a"}, {"data": 2, "colour": "red"}
+            for bad in ([{"data": 1}, no_data], [{"data": 1}, unknown_field]):
+                with pytest.raises(TypeError):
+                    flask_sse_hub.publish_many(bad)
+            with pytest.raises(InvalidChannel):
+                flask_sse_hub.sse.publish_many([{"data": 1}, {"data": 2, "channel": "bad name"}])
+            assert flask_sse_hub.publish_many([]) == []
+            last = flask_sse_hub.publish("last", channel="a")
+        events = stream.read(4)
+    finally:
+        stream.close()
+    assert [(e.type, e.data, e.last_event_id) for e in events] == [
+        ("message", '{"n":1}', ids[0]), ("note", "two", ids[1]), ("message", "three", ids[2]),
+        ("message", "last", last),
+    ]
+    assert stream.parser.retry == 700
+
+
 def test_default_sse_blueprint_and_module_publish(make_app: Callable[..., Flask]) -> None:
     """The SPEC §2 example: ``from flask_sse_hub import sse, publish``."""
     app = make_app(flask_sse_hub.sse)
