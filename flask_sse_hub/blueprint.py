@@ -288,7 +288,8 @@ class SSEBlueprint(Blueprint):
             for allowed in self._authorizers:
                 if not allowed(channel):
                     raise Forbidden(f"not allowed to subscribe to {channel!r}")
-        # SPEC §3: the header (sent by the browser on reconnect) wins over the query.
+        # The header (sent by the browser on reconnect) wins over the query
+        # (docs/protocol.md#resume-ids).
         # Stripped: not every server drops a header value's surrounding
         # whitespace (gunicorn 22 keeps it), and no id has any.
         last_id = (

@@ -17,6 +17,9 @@ are being published during the reconnect.
 Everything here works with real OS threads and, unchanged, under gevent's
 monkey-patching (``threading``, ``queue`` and locks become cooperative); no
 ``threading`` name is bound at import time so that patching after import works.
+
+The guarantees this keeps: docs/protocol.md#guarantees; its threads, locks and
+invariants: docs/architecture.md#concurrency, docs/architecture.md#invariants.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The standalone hub: ``create_app()`` behind ``gunicorn wsgi:app``.
 
 Routes: ``GET /stream`` (subscribe), ``POST /publish``, ``GET /`` (demo page),
-``GET /healthz``, ``GET /stats``. Settings come from ``SSE_*`` environment
-variables, overridden by the ``config`` mapping given to :func:`create_app`.
+``GET /healthz``, ``GET /stats`` (docs/protocol.md#http-api). Settings come
+from ``SSE_*`` environment variables, overridden by the ``config`` mapping
+given to :func:`create_app`.
 """
 
 from __future__ import annotations

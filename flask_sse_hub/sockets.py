@@ -14,6 +14,8 @@ things no WSGI call does:
 * **noticing a vanished client** (no FIN ever comes): TCP keep-alive and
   ``TCP_USER_TIMEOUT`` make the kernel give up on it within
   ``SSE_DEAD_CLIENT_SECONDS``, which the watcher then sees as an error.
+
+The promises: docs/protocol.md#disconnects, docs/protocol.md#shutdown.
 """
 
 from __future__ import annotations

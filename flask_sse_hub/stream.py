@@ -14,6 +14,8 @@ stream costs little memory. The steps, in order:
   its age or token runs out, or its client leaves;
 * **ending**: unregister, and make the server close the connection instead
   of keeping it alive, so that the reconnect opens a new one.
+
+What each step sends, and when a stream ends: docs/protocol.md#stream.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The Server-Sent Events wire format (WHATWG HTML, "Server-sent events").
 
+https://html.spec.whatwg.org/multipage/server-sent-events.html; what the hub
+writes, byte by byte: docs/protocol.md#wire-format.
+
 Pure functions, no I/O: validating channel names, event types and ids, and
 encoding events to the bytes written on the socket. An event is encoded once
 per publish; the resulting ``bytes`` object is shared by every subscriber.
@@ -20,7 +23,8 @@ from typing import Any
 from .errors import EventTooLarge, InvalidChannel, InvalidData, InvalidEventType
 
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_\-.:/]{1,128}")
-# SPEC §4: ids are CORS-safelisted so a cross-origin reconnect needs no preflight.
+# Ids are short and CORS-safelisted, so a browser's cross-origin reconnect (which sends
+# Last-Event-ID) needs no preflight: docs/protocol.md#id-shape.
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 MAX_EVENT_TYPE_LENGTH = 128
 #: Event types the hub itself sends; publishers may not use this prefix.
@@ -48,7 +52,10 @@ class Event:
 
 
 def validate_channel(name: object) -> str:
-    """Return ``name`` if it is a valid channel name (SPEC §6); else raise InvalidChannel."""
+    """Return ``name`` if it is a valid channel name; else raise InvalidChannel.
+
+    Valid: 1-128 characters from ``A-Z a-z 0-9 _ - . : /`` (docs/protocol.md#channels).
+    """
     if not isinstance(name, str) or CHANNEL_PATTERN.fullmatch(name) is None:
         raise InvalidChannel(
             f"invalid channel name {_preview(name)}: "
@@ -78,7 +85,7 @@ def validate_event_type(event: object) -> str:
 
 
 def is_event_id(value: str) -> bool:
-    """True when ``value`` has the shape of an id this hub hands out (SPEC §4)."""
+    """True when ``value`` has the shape of an id this hub hands out (docs/protocol.md#id-shape)."""
     return EVENT_ID_PATTERN.fullmatch(value) is not None
 
 
@@ -95,7 +102,7 @@ def serialize_data(data: object) -> str:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError as exc:  # allow_nan=False, or a circular reference
         raise InvalidData(f"data cannot be encoded as JSON: {exc}") from None
-    except RecursionError:  # found by the fuzz test: ~1000 nested lists gave a 500
+    except RecursionError:  # e.g. ~1000 nested lists: too deep for json.dumps
         raise InvalidData("data is nested too deeply to encode as JSON") from None
 
 
@@ -104,7 +111,7 @@ def encode_body(
 ) -> bytes:
     """Encode everything of an event but its id line.
 
-    Every line of ``data`` becomes one ``data: `` line; the spec splits on CRLF,
+    Every line of ``data`` becomes one ``data: `` line; the WHATWG parser splits on CRLF,
     lone CR and lone LF alike, so all three are normalised first. The space
     after the colon is always written, so data that starts with a space
     survives (a parser strips exactly one).

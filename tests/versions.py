@@ -1,4 +1,4 @@
-"""The suite under other interpreters and under the lowest dependency versions (SPEC §9).
+"""The suite under other interpreters and under the lowest dependency versions.
 
 Standard library only: it runs before any virtualenv exists.
 

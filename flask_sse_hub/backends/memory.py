@@ -1,6 +1,7 @@
 """The embedded backend: ids, history and the broadcaster, all in this process.
 
-Correct for ONE worker process: events do not cross processes.
+Correct for ONE worker process: events do not cross processes
+(docs/protocol.md#memory).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ after the last id it fanned out. With ``SSE_REDIS_MIN_REPLICAS=N`` a publish
 is acknowledged only once N replicas have it (``WAIT``), and the broadcaster
 fans an entry out only once N replicas have it too, so no id a client ever
 saw is lost in a failover.
+
+What this guarantees, and what it costs: docs/protocol.md#redis.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 GUNICORN_CONF = REPO_ROOT / "gunicorn.conf.py"
 HOST = "127.0.0.1"
-#: SPEC §4: ids are 1-64 characters from A-Z a-z 0-9 . _ -
+#: Ids are 1-64 characters from A-Z a-z 0-9 . _ - (docs/protocol.md#id-shape).
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 GAP_EVENT = "sse-hub-gap"
 #: How long a server may take to answer /healthz after its start.

@@ -1,14 +1,16 @@
 """Every bad request the standalone hub must refuse, with its status and a short reason.
 
-SPEC §3: subscribe answers 400 for bad or too many channel names before any
+The rules (docs/protocol.md#errors): subscribe answers 400 for bad or too many
+channel names before any
 stream starts; ``POST /publish`` answers JSON ``{"error": ...}`` with 400
 (bad JSON / field / name, reserved type, bad retry, empty batch, one bad item
 spoils the whole batch), 401 (``SSE_PUBLISH_TOKEN`` set: missing or wrong
 bearer token), 403 (anonymous publish from a non-loopback client: a request
 relayed by a proxy counts as one), 413 (event over ``SSE_MAX_EVENT_BYTES``,
 body over ``SSE_MAX_PUBLISH_BYTES``), 415 (not JSON); wrong methods get 405.
-SPEC §4 (event types: no CR/LF/NUL, at most 128 characters, ``sse-hub-`` is
-the hub's own prefix), §6 (channel names, SSE_MAX_CHANNELS).
+Event types have no CR/LF/NUL, at most 128 characters, and ``sse-hub-`` is
+the hub's own prefix (docs/protocol.md#event-types); channel names and
+``SSE_MAX_CHANNELS``: docs/protocol.md#channels.
 
 A subscriber opened before the first bad request must, after all of them,
 still receive a normal event as its very first event: the hub keeps serving

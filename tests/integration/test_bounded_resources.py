@@ -1,4 +1,4 @@
-"""Each client costs the worker a bounded amount, however it behaves (SPEC §5, §8).
+"""Each client costs the worker a bounded amount, however it behaves (docs/protocol.md#limits).
 
 * **Replay amplification**: a full history of large events (1 000 of ~60 KB),
   then 120 clients that resume from its start — 100 from the first id, 20

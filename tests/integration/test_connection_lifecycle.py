@@ -1,10 +1,12 @@
 """How streams end: clients that vanish, streams that reach their maximum age, SIGTERM.
 
-SPEC §4 (heartbeats detect dead connections), §5 (disconnects: a closed
-client is unregistered within a heartbeat interval; shutdown: on SIGTERM the
-streams end within gunicorn's graceful timeout; resume after a stream ended
-loses nothing), §6 (SSE_HEARTBEAT_SECONDS, SSE_MAX_CONNECTION_SECONDS),
-§7 (gunicorn.conf.py: graceful timeout from SSE_GRACEFUL_TIMEOUT).
+Heartbeats (``SSE_HEARTBEAT_SECONDS``) detect dead connections
+(docs/protocol.md#heartbeats); a closed client is unregistered within a
+heartbeat interval (docs/protocol.md#disconnects); a stream ends after
+``SSE_MAX_CONNECTION_SECONDS`` (docs/protocol.md#stream-end); on SIGTERM the
+streams end within gunicorn's graceful timeout, which gunicorn.conf.py takes
+from ``SSE_GRACEFUL_TIMEOUT`` (docs/protocol.md#shutdown); a resume after a
+stream ended loses nothing.
 """
 
 from __future__ import annotations

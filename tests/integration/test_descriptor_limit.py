@@ -1,4 +1,4 @@
-"""A worker short of file descriptors keeps answering, and does not flood its log (SPEC §8).
+"""A worker short of file descriptors keeps answering, and does not flood its log.
 
 * **Known at start** (gunicorn started under ``prlimit --nofile=300``): the
   packaged settings keep ``worker_connections`` below the limit and

@@ -1,4 +1,6 @@
-"""A client that leaves frees its stream at once, however it leaves (SPEC §5 "Disconnects").
+"""A client that leaves frees its stream at once, however it leaves.
+
+The rules: docs/protocol.md#disconnects.
 
 * **Closed** (FIN or RST) while its stream is idle: heartbeats are 30 s
   apart here, so only the hub's closed-peer watch can notice. 500 streams

@@ -1,4 +1,4 @@
-"""Fuzz the publish API and the subscribe query strings of the real hub (issue 4, item 6).
+"""Fuzz the publish API and the subscribe query strings of the real hub.
 
 One gunicorn hub for the module, with small limits so they are hit
 (``SSE_MAX_PUBLISH_BYTES=4096``, ``SSE_MAX_EVENT_BYTES=1024``,
@@ -12,9 +12,11 @@ For every answer:
   stream: 200/400/403), never a 500, a hang or a dropped connection; the
   connection of an answer that keeps it open still serves ``GET /healthz``;
 * ``POST /publish`` errors are JSON ``{"error": str}``; a 202 carries one
-  SPEC §4 id per event (``{"id"}`` or, for a batch, ``{"ids"}``);
-* an oracle computed here says which statuses are right, from the SPEC and
-  README rules (not from the hub's code): 202 iff the body is a JSON object
+  id per event (``{"id"}`` or, for a batch, ``{"ids"}``) of the shape
+  docs/protocol.md#id-shape gives;
+* an oracle computed here says which statuses are right, from the documented
+  rules (docs/protocol.md#publish, docs/protocol.md#subscribe-api and the
+  README; not from the hub's code): 202 iff the body is a JSON object
   (or a non-empty array of them) with only ``channel``/``event``/``data``/
   ``retry``, valid names, within the limits. Where a rule leaves room, the
   oracle accepts either answer, and only there (see :class:`Zones`);
@@ -69,7 +71,7 @@ MAX_PUBLISH_BYTES = 4096
 MAX_EVENT_BYTES = 1024
 MAX_CHANNELS = 4
 RETRY_MS = 2000
-#: SPEC §6 channel names.
+#: Channel names (docs/protocol.md#channels).
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-.:/]{1,128}")
 EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
 PUBLISH_STATUSES = frozenset({202, 400, 401, 403, 413, 415})
@@ -98,9 +100,10 @@ FUZZ_SETTINGS = settings(
 class Zones:
     """Where the contract leaves room, the oracle accepts either answer. Only here:
 
-    * **Event size.** SPEC §6 limits the *encoded event*, id line included, but
-      the id is assigned after validation: a hub may count the id line at its
-      real length or at the longest an id may be (64 characters, SPEC §4). An
+    * **Event size.** ``SSE_MAX_EVENT_BYTES`` limits the *encoded event*, id line
+      included, but the id is assigned after validation: a hub may count the id
+      line at its real length or at the longest an id may be (64 characters,
+      docs/protocol.md#event-size). An
       event whose body plus an id line of 1..64 characters straddles
       ``SSE_MAX_EVENT_BYTES`` may be accepted or refused (413): a 63-byte band.
     * **Precedence.** A request wrong in several ways may be refused for any of
@@ -159,8 +162,8 @@ class Ledger:
         self.counter = 0
 
     def add(self, event_id: str, item: dict[str, Any]) -> Accepted:
-        assert EVENT_ID_RE.fullmatch(event_id), f"id {event_id!r} breaks SPEC §4"
-        # README: ids look like <epoch>-<sequence>.
+        assert EVENT_ID_RE.fullmatch(event_id), f"id {event_id!r} is not 1-64 of A-Z a-z 0-9 . _ -"
+        # Memory ids are <epoch>-<sequence> (docs/protocol.md#memory-ids).
         epoch, _, seq_text = event_id.rpartition("-")
         assert epoch and seq_text.isdigit(), f"id {event_id!r} is not <epoch>-<sequence>"
         if not self.epoch:
@@ -354,7 +357,7 @@ def has_lone_surrogate(text: str) -> bool:
 
 
 def wire_size(event: str | None, retry: int | None, text: str) -> int:
-    """Bytes of an encoded event without its id line (SPEC §4 wire format)."""
+    """Bytes of an encoded event without its id line (docs/protocol.md#events)."""
     parts = [] if event is None else [f"event: {event}\n"]
     if retry is not None:
         parts.append(f"retry: {retry}\n")
@@ -689,8 +692,9 @@ def judge_stream(query: str, header: str | None) -> StreamVerdict:
     channels = list(dict.fromkeys(names))
     if not valid or len(channels) > MAX_CHANNELS:
         return StreamVerdict(400, channels, set())
-    # SPEC §3: the header wins; an empty header counts as none. Which of the
-    # two query spellings wins, and which of repeated values, is not specified.
+    # The header wins; an empty header counts as none (docs/protocol.md#resume-ids).
+    # Which of the two query spellings wins, and which of repeated values, is not
+    # specified.
     if header is not None and header.strip(" \t"):
         return StreamVerdict(200, channels, {header.strip(" \t")})
     values = {key: [v for k, v in pairs if k == key] for key in ("lastEventId", "last_event_id")}

@@ -1,4 +1,4 @@
-"""``pip install flask-sse-hub`` works on its own (SPEC §9): a wheel in a fresh virtualenv.
+"""``pip install flask-sse-hub`` works on its own: a wheel in a fresh virtualenv.
 
 Once per session, a wheel is built from a copy of the checkout (``pip wheel
 --no-deps``: a build in the checkout itself would leave ``build/`` there) and
@@ -341,6 +341,7 @@ def test_the_sdist_carries_the_tests_and_the_checkout_configuration(tmp_path: Pa
     for name in ("LICENSE", "CHANGELOG.md", "README.md", "Makefile", "wsgi.py",
                  "gunicorn.conf.py", "setup.cfg", "pyproject.toml", "tests/conftest.py",
                  "tests/unit/test_wire.py", "tests/integration/conftest.py",
-                 "tests/clients/node/package-lock.json", "flask_sse_hub/gunicorn_config.py"):
+                 "tests/clients/node/package-lock.json", "flask_sse_hub/gunicorn_config.py",
+                 "docs/protocol.md", "docs/architecture.md"):
         assert name in names, f"{name} is not in {sdist.name}"
     assert not any("node_modules" in name or "__pycache__" in name for name in names)

@@ -1,10 +1,12 @@
 """flask-sse-hub used as a library by an app of its own, served by gunicorn's gevent worker.
 
-SPEC §2 (register ``flask_sse_hub.sse`` under a prefix of the app's choice;
+``flask_sse_hub.sse`` registers under a prefix of the app's choice;
 ``@sse.authorize`` refuses a stream with 403 before it starts when any
 requested channel is refused; ``flask_sse_hub.publish()`` from a view returns
-the id the subscriber then sees; ``flask sse publish CHANNEL DATA --event``),
-§3 (the subscribe endpoint's statuses and headers under the app's prefix).
+the id the subscriber then sees; ``flask sse publish CHANNEL DATA --event``
+publishes from a shell (docs/protocol.md#library); the subscribe endpoint
+answers with the same statuses and headers under the app's prefix
+(docs/protocol.md#subscribe-api).
 
 The app is ``tests/integration/apps/library_app.py``.
 """

@@ -1,4 +1,4 @@
-"""Many streams on one worker (SPEC §1: one gevent worker holds thousands of streams).
+"""Many streams on one worker: one gevent worker holds thousands of streams.
 
 Past 1 024 open descriptors, anything built on ``select()`` breaks; a worker
 with that many streams must keep every one of them open across heartbeats,

@@ -1,10 +1,11 @@
 """The standalone hub's operational endpoints and its demo page.
 
-SPEC §3 (``GET /healthz`` 200 ``{"status": "ok", ...}``; ``GET /stats``:
-subscribers per channel, events published, delivered, subscribers dropped as
-slow, replays served; ``GET /`` a demo page that subscribes with a real
-``EventSource``), §7 (``gunicorn wsgi:app`` with the repository's
-gunicorn.conf.py).
+``GET /healthz`` answers 200 ``{"status": "ok", ...}`` (docs/protocol.md#healthz);
+``GET /stats`` gives subscribers per channel, events published and delivered,
+subscribers dropped as slow, replays served (docs/protocol.md#stats); ``GET /``
+is a demo page that subscribes with a real ``EventSource``
+(docs/protocol.md#demo). The hub runs as ``gunicorn wsgi:app`` with the
+repository's gunicorn.conf.py.
 """
 
 from __future__ import annotations

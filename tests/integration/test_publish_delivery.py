@@ -1,11 +1,13 @@
 """Publish over HTTP, receive over a real stream: what arrives, and in which order.
 
-SPEC §3 (``POST /publish``: single event → 202 ``{"id"}``, batch → 202
-``{"ids"}``), §4 (ids in the CORS-safe alphabet, ``event:`` types, one
+``POST /publish`` answers 202 ``{"id"}`` for one event and ``{"ids"}`` for a
+batch (docs/protocol.md#publish); ids use the CORS-safe alphabet
+(docs/protocol.md#id-shape); the wire carries the ``event:`` type, one
 ``data:`` line per line of the data whatever its line ends, the space after
-the colon, compact JSON for non-string data), §5 (order within a channel, id
-order across the channels of one stream, every subscriber sees the same
-order under load).
+the colon, compact JSON for non-string data (docs/protocol.md#wire-format);
+events arrive in publish order within a channel, in id order across the
+channels of one stream, and every subscriber sees the same order under load
+(docs/protocol.md#order).
 """
 
 from __future__ import annotations

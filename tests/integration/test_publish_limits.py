@@ -1,10 +1,12 @@
 """``POST /publish`` under hostile or careless publishers, and who may read ``/stats``.
 
-SPEC §8 (publish requests: credentials before the body, the body within
-``SSE_PUBLISH_BODY_SECONDS`` or 408 and the connection closed, at most
-``SSE_MAX_BATCH`` events or 413, an accepted batch reaches every reader that
-keeps up; anonymous loopback publishing needs a loopback ``Host``; ``/stats``
-for loopback clients that are not relayed, else ``SSE_STATS_TOKEN``), §6 keys.
+The rules (docs/protocol.md#publish, docs/protocol.md#publish-auth,
+docs/protocol.md#stats): credentials are checked before the body is read; the
+body arrives within ``SSE_PUBLISH_BODY_SECONDS`` or the answer is 408 and the
+connection is closed; a batch holds at most ``SSE_MAX_BATCH`` events or the
+answer is 413, and an accepted batch reaches every reader that keeps up;
+anonymous loopback publishing needs a loopback ``Host``; ``/stats`` answers
+loopback clients that are not relayed, anyone else needs ``SSE_STATS_TOKEN``.
 
 Partial requests are written on raw sockets, so that what the hub answers —
 and when — is observed before the body ever arrives.

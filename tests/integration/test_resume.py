@@ -1,12 +1,14 @@
 """Resuming a stream: replay of what was missed, gaps, epochs.
 
-SPEC §3 (resume with the ``Last-Event-ID`` header, ``?lastEventId=`` or
-``?last_event_id=``; the header wins), §5 (resume gives every retained event
-after the id on the stream's channels, then live events, no gap and no
-duplicate; ids carry an epoch, so an id from an earlier run of the hub or
-garbage is unknown; an unknown or trimmed id starts the stream with an
-``sse-hub-gap`` event whose data is ``{"last_event_id": <requested>}``, then
-the retained history), §6 (SSE_HISTORY_SIZE).
+A stream resumes with the ``Last-Event-ID`` header, ``?lastEventId=`` or
+``?last_event_id=``, and the header wins (docs/protocol.md#resume-ids). A
+resume gives every retained event (``SSE_HISTORY_SIZE``) after the id on the
+stream's channels, then live events, no gap and no duplicate
+(docs/protocol.md#replay). Ids carry an epoch, so an id from an earlier run of
+the hub or garbage is unknown (docs/protocol.md#memory-ids); an unknown or
+trimmed id starts the stream with an ``sse-hub-gap`` event whose data is
+``{"last_event_id": <requested>}``, then the retained history
+(docs/protocol.md#gap).
 
 Every test waits until a witness stream has received what was published
 before it resumes: the ids a client resumes with are ids it has seen.

@@ -1,10 +1,10 @@
 """SIGTERM with a client whose socket is full; a worker replaced under ``gunicorn --preload``.
 
-SPEC §5 (shutdown: on SIGTERM every stream ends at once, also one whose
-client has stopped reading, and the process exits within a couple of seconds,
-never by the graceful-timeout kill; ids carry an epoch: an id of another
-memory worker is unknown, never mistaken for a position; gap: an unknown id
-starts the stream with ``sse-hub-gap``).
+On SIGTERM every stream ends at once, also one whose client has stopped
+reading, and the process exits within a couple of seconds, never by the
+graceful-timeout kill (docs/protocol.md#shutdown). Ids carry an epoch: an id
+of another memory worker is unknown, never mistaken for a position, and
+starts the stream with ``sse-hub-gap`` (docs/protocol.md#memory-ids).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """A subscriber that stops reading is dropped; nobody else notices; it catches up later.
 
-SPEC §5 (slow consumers: each subscriber's queue is bounded by
-``SSE_QUEUE_SIZE``; one that overflows is disconnected and catches up from
-history on reconnect; the broadcaster never blocks on it and no other
-subscriber loses or reorders anything; resume after the drop has no gap and
-no duplicate), §3 ``/stats`` (``subscribers_dropped_slow``), §6
-(SSE_QUEUE_SIZE, SSE_HISTORY_SIZE).
+Each subscriber's queue is bounded by ``SSE_QUEUE_SIZE``; one that overflows
+is disconnected and catches up from history (``SSE_HISTORY_SIZE``) on
+reconnect; the broadcaster never blocks on it and no other subscriber loses
+or reorders anything; resume after the drop has no gap and no duplicate; the
+drop counts in ``/stats`` as ``subscribers_dropped_slow``
+(docs/protocol.md#slow-consumers).
 
 The stalled client is a raw socket with a small ``SO_RCVBUF`` set before it
 connects, so the TCP window is small from the start: it reads the first

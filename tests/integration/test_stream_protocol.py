@@ -1,9 +1,10 @@
 """The stream response itself, over real sockets to gunicorn's gevent worker.
 
-SPEC §3 (subscribe: status and headers, no hop-by-hop headers from the app),
-§4 (the ``retry:`` + comment preamble sent at once, heartbeat comments,
-``SSE_PING_EVENT`` heartbeats as named events without id), §6 (the settings
-involved: SSE_RETRY_MS, SSE_HEARTBEAT_SECONDS, SSE_PING_EVENT).
+The subscribe answer's status and headers, with no hop-by-hop headers from
+the app (docs/protocol.md#headers); the ``retry:`` + comment opening sent at
+once (docs/protocol.md#opening); heartbeat comments, and ``SSE_PING_EVENT``
+heartbeats as named events without id (docs/protocol.md#heartbeats); the
+settings involved: SSE_RETRY_MS, SSE_HEARTBEAT_SECONDS, SSE_PING_EVENT.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A library app on the wrong server is told what to change (SPEC §9), from the checkout.
+"""A library app on the wrong server is told what to change, from the checkout.
 
 The app is ``tests/integration/apps/library_app.py`` (the blueprint under
 ``/events``, ``POST /orders`` calling ``flask_sse_hub.publish()``, a plain

@@ -136,7 +136,7 @@ event_data = st.one_of(json_values, json_values, json_values, long_texts(), st.j
 
 # -- channel names --------------------------------------------------------------------
 
-#: Valid by SPEC §6 (1-128 of ``A-Z a-z 0-9 _ - . : /``). Live channels come
+#: Valid (1-128 of ``A-Z a-z 0-9 _ - . : /``, docs/protocol.md#channels). Live channels come
 #: up often so that accepted fuzz events are observed by the live subscriber.
 VALID_CHANNELS = ["watch", "watch", "watch", "default", "fuzz", "a:b/c.d_e-f", "W" * 128, "0",
                   "WATCH", "..", "/", "-"]
@@ -227,8 +227,8 @@ good_items = st.builds(
     st.just({}),
 )
 
-#: Event types every hub must refuse, by reason (SPEC §4: no CR, LF or NUL; at
-#: most 128 characters; ``sse-hub-`` is the hub's own prefix).
+#: Event types every hub must refuse, by reason (docs/protocol.md#event-types: no
+#: CR, LF or NUL; at most 128 characters; ``sse-hub-`` is the hub's own prefix).
 EVENT_TYPES_WITH_LINE_ENDS = ["a\rb", "a\nb", "a\x00b", "\r", "\n", "\x00", "end\r\n", "x\r",
                               "sse-hub-gap\n", "\r\n", "a\u0000"]
 EVENT_TYPES_BAD_LENGTH = ["", "x" * 129, "😀" * 129, "😀" * 65]  # the last: Zones

@@ -1,8 +1,9 @@
 """Incremental ``text/event-stream`` parser for tests.
 
 Implements exactly the WHATWG HTML algorithm "Interpreting an event stream"
-(section 9.2.6 of the "Server-sent events" chapter), i.e. what a browser's
-``EventSource`` sees. Pure Python, standard library only.
+(section 9.2.6 of the "Server-sent events" chapter,
+https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation),
+i.e. what a browser's ``EventSource`` sees. Pure Python, standard library only.
 
 Byte chunks may be split anywhere (inside a CRLF pair, inside a multi-byte
 UTF-8 sequence, inside a line): feeding a stream in any number of pieces

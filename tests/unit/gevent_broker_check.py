@@ -1,6 +1,6 @@
 """Run by ``test_broker.py`` in a subprocess: the broker scenarios under gevent.
 
-SPEC §1: served by gunicorn's gevent worker, every thread is a greenlet and
+Served by gunicorn's gevent worker, every thread is a greenlet and
 the same broker code must keep its guarantees. ``monkey.patch_all()`` comes
 first, before the package (or anything that imports ``threading``/``queue``)
 is imported, as gunicorn's gevent worker does. Exits 0 and prints ``OK`` only

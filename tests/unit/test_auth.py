@@ -1,4 +1,4 @@
-"""Issue 4 through Flask's test client and the auth module itself: JWT grants and CORS.
+"""JWT grants and CORS, through Flask's test client and the auth module itself.
 
 Tokens: ``{"sse": {"subscribe": [...], "publish": [...]}, "exp": ...}``; an
 entry is an exact channel name or a prefix ending in ``*`` (``*`` alone: every
@@ -476,7 +476,7 @@ def test_cookie_name_is_configurable(make_hub_app: Callable[..., Flask]) -> None
     token = mint({"subscribe": ["orders"]})
     stream = open_stream(app, "?channel=orders", cookies={"hub_jwt": token})
     stream.close()
-    # The default name is no longer read.
+    # The default name is then not read.
     response = get_stream(app, "?channel=orders", cookies={"sse_token": token})
     assert response.headers["WWW-Authenticate"] == CHALLENGE
     refused(response, 401)

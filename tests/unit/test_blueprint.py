@@ -1,4 +1,7 @@
-"""SPEC §2 and §3 through Flask's test client: blueprint, publish(), CLI, standalone app.
+"""The library API and the subscribe endpoint through Flask's test client.
+
+The blueprint, publish(), the CLI and the standalone app (docs/protocol.md#library,
+docs/protocol.md#subscribe-api).
 
 Streams are opened with ``buffered=False`` and read chunk by chunk from the
 response iterator (the test client has already pulled the first chunk, the
@@ -67,7 +70,7 @@ def open_stream(app: Flask, query: str = "", **kwargs: Any) -> OpenStream:
     return OpenStream(app.test_client().get(f"/stream{query}", buffered=False, **kwargs))
 
 
-# -- §3 subscribe: headers and the first chunk -----------------------------------------
+# -- subscribe: headers and the first chunk --------------------------------------------
 
 
 def test_stream_headers_and_first_chunk_open_the_stream(make_app: Callable[..., Flask]) -> None:
@@ -80,7 +83,8 @@ def test_stream_headers_and_first_chunk_open_the_stream(make_app: Callable[..., 
         assert "no-store" in cache or "no-cache" in cache
         assert headers["X-Accel-Buffering"] == "no"
         assert not HOP_BY_HOP & {name.lower() for name, _ in headers.items()}
-        # SPEC §4: retry and a comment, right after the headers, before any event.
+        # Retry and a comment, right after the headers, before any event
+        # (docs/protocol.md#opening).
         assert stream.first_chunk.startswith(b"retry: 1234\n:")
         assert stream.parser.retry == 1234
         assert len(stream.parser.comments) == 1
@@ -113,7 +117,7 @@ def test_ping_event_replaces_the_heartbeat_comment(make_app: Callable[..., Flask
         stream.close()
 
 
-# -- §2 publish ---------------------------------------------------------------------------
+# -- publish ------------------------------------------------------------------------------
 
 
 def test_published_events_arrive_with_the_ids_publish_returned(
@@ -166,7 +170,7 @@ def test_publish_many_publishes_a_batch_in_order_and_a_bad_item_publishes_nothin
 
 
 def test_default_sse_blueprint_and_module_publish(make_app: Callable[..., Flask]) -> None:
-    """The SPEC §2 example: ``from flask_sse_hub import sse, publish``."""
+    """The README's example: ``from flask_sse_hub import sse, publish``."""
     app = make_app(flask_sse_hub.sse)
     stream = open_stream(app)
     try:
@@ -281,7 +285,7 @@ def test_one_blueprint_on_two_apps_gives_two_independent_hubs(
     finally:
         on_first.close()
         on_second.close()
-    # An id of one hub is unknown to the other (SPEC §5 epochs).
+    # An id of one hub is unknown to the other (epochs: docs/protocol.md#memory-ids).
     resumed = open_stream(second, headers={"Last-Event-ID": only_first})
     try:
         assert resumed.read(1)[0].type == "sse-hub-gap"
@@ -289,7 +293,7 @@ def test_one_blueprint_on_two_apps_gives_two_independent_hubs(
         resumed.close()
 
 
-# -- §3 refusals ----------------------------------------------------------------------------
+# -- refusals -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -360,7 +364,7 @@ def test_every_authorizer_must_allow(make_app: Callable[..., Flask]) -> None:
     open_stream(app, "?channel=a").close()
 
 
-# -- §3/§5 resume ------------------------------------------------------------------------
+# -- resume -----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -458,7 +462,7 @@ def test_garbage_resume_id_with_non_ascii_digits_is_a_gap_not_a_500(
         response.close()
 
 
-# -- §5 disconnects -------------------------------------------------------------------
+# -- disconnects ----------------------------------------------------------------------
 
 
 def test_closing_the_response_unsubscribes(make_app: Callable[..., Flask]) -> None:
@@ -500,7 +504,7 @@ def test_hub_shutdown_ends_open_streams(make_app: Callable[..., Flask]) -> None:
 def test_max_connection_seconds_ends_the_stream_for_a_resume(
     make_app: Callable[..., Flask],
 ) -> None:
-    """SPEC §6 SSE_MAX_CONNECTION_SECONDS: the stream ends after that age (clients resume)."""
+    """SSE_MAX_CONNECTION_SECONDS: the stream ends after that age (clients resume)."""
     app = make_app(SSE_MAX_CONNECTION_SECONDS=0.3, SSE_HEARTBEAT_SECONDS=5)
     stream = open_stream(app)
     started = time.monotonic()
@@ -510,7 +514,7 @@ def test_max_connection_seconds_ends_the_stream_for_a_resume(
     assert subscribers(app) == 0
 
 
-# -- §2 CLI -------------------------------------------------------------------------------
+# -- CLI ----------------------------------------------------------------------------------
 
 
 def test_cli_publish_prints_the_id_a_subscriber_receives(make_app: Callable[..., Flask]) -> None:

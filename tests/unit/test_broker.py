@@ -1,4 +1,6 @@
-"""SPEC §1 and §5: the Broker with the memory backend, under real OS threads.
+"""The Broker with the memory backend, under real OS threads.
+
+What it must keep: docs/protocol.md#guarantees; how: docs/architecture.md#invariants.
 
 Subscriptions are read the way the stream generator reads them: queue items
 are ``(chunk, event_count)`` (or ``None``, the CLOSE sentinel), the reader
@@ -256,7 +258,7 @@ def run_resume_race(*, reconnects: int = 20) -> None:
     Each time it unsubscribes and subscribes again with the id of the last
     event it saw, reads the replay, then live events. All it saw, put
     together, must be every event from its first one on, exactly once, in
-    order (SPEC §5 "Resume").
+    order (docs/protocol.md#exactly-once).
     """
     broker = new_broker(history_size=1_000_000, queue_size=1_000_000)
     stop = threading.Event()
@@ -340,7 +342,7 @@ def run_resume_race(*, reconnects: int = 20) -> None:
     assert all(replayed), f"a reconnect replayed nothing (events per reconnect: {replayed})"
 
 
-# -- §1/§5 fan-out, order, exactly once -------------------------------------------------
+# -- fan-out, order, exactly once -------------------------------------------------------
 
 
 def test_many_publishers_many_subscribers_each_event_exactly_once_in_order() -> None:
@@ -437,13 +439,13 @@ def test_multi_channel_subscriber_gets_one_merged_stream_in_id_order(
     assert not both.errors and not reader_a.errors
 
 
-# -- §5 slow consumers ------------------------------------------------------------------
+# -- slow consumers ---------------------------------------------------------------------
 
 
 def test_slow_subscriber_is_dropped_and_broadcaster_never_blocks(
     make_broker: Callable[..., Broker],
 ) -> None:
-    """SPEC §5: an overflowing subscriber is disconnected; nobody else notices.
+    """An overflowing subscriber is disconnected; nobody else notices.
 
     The slow one reads its first chunk and then never again. The others keep
     up (each burst is a quarter of a queue and is read before the next), and
@@ -485,7 +487,7 @@ def test_slow_subscriber_is_dropped_and_broadcaster_never_blocks(
         assert not reader.closed and not reader.errors
 
 
-# -- §5 resume ---------------------------------------------------------------------------
+# -- resume ------------------------------------------------------------------------------
 
 
 def test_resume_while_publishing_sees_every_event_once_in_order() -> None:
@@ -548,9 +550,9 @@ def test_resume_with_an_id_published_but_not_yet_fanned_out_is_not_a_gap(
 ) -> None:
     """An id publish() returned is known to the hub, even before fan-out reaches it.
 
-    SPEC §5: a gap is for an id that is "unknown or older than retained
-    history". A client handed the id by the publishing view (SPEC §2 returns
-    it) may subscribe with it while the broadcaster lags: it must get the
+    A gap is for an id that is unknown or older than the retained history
+    (docs/protocol.md#resume-ahead). A client handed the id by the publishing
+    view (publish() returns it) may subscribe with it while the broadcaster lags: it must get the
     events after it, and not that event itself a second time.
     """
     broker = make_broker()
@@ -586,7 +588,7 @@ def test_resume_with_an_id_published_but_not_yet_fanned_out_is_not_a_gap(
     assert reader.ids == later, "the event the client resumed after came again"
 
 
-# -- §5 gaps -----------------------------------------------------------------------------
+# -- gaps --------------------------------------------------------------------------------
 
 
 def unknown_ids(broker: Broker, position: str) -> list[str]:
@@ -630,7 +632,7 @@ def test_unknown_id_is_a_gap_with_all_retained_history(
 def test_id_with_non_ascii_digits_is_unknown_not_a_position(
     make_broker: Callable[..., Broker], digits: str
 ) -> None:
-    """SPEC §5: garbage is "never mistaken for a position" — nor a crash (a 500 over HTTP).
+    """Garbage is never mistaken for a position — nor a crash (a 500 over HTTP).
 
     ``str.isdigit`` is true for these; ``int()`` takes two of them as 3 and
     fails on the superscript.
@@ -686,7 +688,7 @@ def test_gap_on_a_fresh_hub_resumes_from_its_start(make_broker: Callable[..., Br
     assert not again.gap
 
 
-# -- §5 disconnects: nothing stays in memory ----------------------------------------
+# -- disconnects: nothing stays in memory -------------------------------------------
 
 
 class WeakrefableSubscription(Subscription):
@@ -760,7 +762,7 @@ def test_subscription_ended_by_close_is_released(make_broker: Callable[..., Brok
     assert broker.stats()["subscribers"] == 0
 
 
-# -- §5 shutdown -------------------------------------------------------------------------
+# -- shutdown ----------------------------------------------------------------------------
 
 
 def test_close_ends_every_stream_and_later_subscriptions_are_born_closed(
@@ -816,7 +818,7 @@ def test_stats_count_subscribers_per_channel_published_and_replays(
 
 
 def test_fanout_and_resume_race_under_gevent_monkey_patching() -> None:
-    """SPEC §1: the same code, unchanged, with greenlets instead of OS threads."""
+    """The same code, unchanged, with greenlets instead of OS threads."""
     pytest.importorskip("gevent")
     script = Path(__file__).with_name("gevent_broker_check.py")
     done = subprocess.run(
@@ -831,7 +833,7 @@ def test_fanout_and_resume_race_under_gevent_monkey_patching() -> None:
 def test_an_event_is_encoded_once_and_its_bytes_shared_by_every_subscriber(
     make_broker: Callable[..., Broker], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SPEC §4: each event is encoded once per publish, not once per subscriber."""
+    """Each event is encoded once per publish, not once per subscriber."""
     import flask_sse_hub.wire as wire
 
     encodings = 0

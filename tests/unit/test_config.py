@@ -1,4 +1,4 @@
-"""SPEC §6: the ``SSE_*`` settings — defaults, strings from the environment, refusals, masking."""
+"""The ``SSE_*`` settings — defaults, strings from the environment, refusals, masking."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import flask_sse_hub
 from flask_sse_hub import ConfigError, SSEBlueprint
 from flask_sse_hub.config import DEFAULTS, SETTINGS, HubConfig, from_environ, set_defaults
 
-SPEC_DEFAULTS = {
+DOCUMENTED_DEFAULTS = {
     "SSE_REDIS_URL": None,
     "SSE_HEARTBEAT_SECONDS": 15,
     "SSE_RETRY_MS": 2000,
@@ -33,11 +33,11 @@ def attribute(key: str) -> str:
     return key.removeprefix("SSE_").lower()
 
 
-def test_defaults_match_the_spec() -> None:
+def test_the_defaults_are_the_documented_ones() -> None:
     config = HubConfig.from_mapping({})
-    for key, value in SPEC_DEFAULTS.items():
+    for key, value in DOCUMENTED_DEFAULTS.items():
         assert getattr(config, attribute(key)) == value, key
-    assert {key: DEFAULTS[key] for key in SPEC_DEFAULTS} == SPEC_DEFAULTS
+    assert {key: DEFAULTS[key] for key in DOCUMENTED_DEFAULTS} == DOCUMENTED_DEFAULTS
 
 
 def test_registering_a_blueprint_sets_every_default_in_app_config() -> None:
@@ -45,7 +45,7 @@ def test_registering_a_blueprint_sets_every_default_in_app_config() -> None:
     app.config["SSE_QUEUE_SIZE"] = 7
     app.register_blueprint(SSEBlueprint("sse", __name__))
     try:
-        for key in SPEC_DEFAULTS:
+        for key in DOCUMENTED_DEFAULTS:
             assert key in app.config, key
         assert app.config["SSE_QUEUE_SIZE"] == 7  # what the app set is kept
         assert flask_sse_hub.hubs(app)["sse"].config.queue_size == 7

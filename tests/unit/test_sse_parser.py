@@ -30,7 +30,8 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 # --------------------------------------------------------------------------
-# The spec's own examples (HTML, 9.2.6 "Interpreting an event stream").
+# The WHATWG standard's own examples (HTML, 9.2.6 "Interpreting an event stream",
+# https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation).
 
 SPEC_EXAMPLES: list[tuple[str, bytes, list[Event]]] = [
     (
@@ -470,7 +471,7 @@ line_text = st.text(
 def test_encoded_events_round_trip(
     payloads: list[tuple[list[str], str | None]], data: st.DataObject
 ) -> None:
-    """Encoding as SPEC section 4 describes, then parsing, gives the data back.
+    """Encoding as docs/protocol.md#wire-format describes, then parsing, gives the data back.
 
     Line ends inside the data (CRLF, CR, LF) come back as LF.
     """

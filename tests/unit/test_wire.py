@@ -1,4 +1,4 @@
-"""SPEC §4, the wire format: exact bytes, WHATWG round trips, and what is refused.
+"""The wire format (docs/protocol.md#wire-format): exact bytes, WHATWG round trips, refusals.
 
 Every encoding is checked twice: against the exact bytes (table-driven) and
 through ``tests/support/sse_parser.py``, which implements the browser's
@@ -35,7 +35,7 @@ from flask_sse_hub.wire import (
 )
 from tests.support.sse_parser import Event, EventStreamParser, parse_stream
 
-#: What SPEC §4 allows in an id: short, CORS-safelisted characters only.
+#: What an id may be: short, CORS-safelisted characters only (docs/protocol.md#id-shape).
 CORS_SAFE_ID = r"[A-Za-z0-9._\-]{1,64}"
 
 
@@ -115,7 +115,7 @@ def test_event_remembers_its_channel_and_body_is_bytes() -> None:
 
 
 def test_event_is_encoded_once_and_frame_shares_the_body() -> None:
-    """SPEC §4: encoded once per publish; framing only prepends the id line."""
+    """An event is encoded once per publish; framing only prepends the id line."""
     event = make_event("payload")
     framed = frame("x-1", event.body)
     assert framed.endswith(event.body)
@@ -328,10 +328,10 @@ def largest_text_for(max_bytes: int) -> str:
 
 @pytest.mark.parametrize("max_bytes", [65536, 1000, 200])
 def test_event_too_large_at_exactly_the_max_event_bytes_boundary(max_bytes: int) -> None:
-    """SPEC §6 SSE_MAX_EVENT_BYTES: the largest encoded event, id line included.
+    """SSE_MAX_EVENT_BYTES: the largest encoded event, id line included.
 
     The id is not known at validation time, so the bound counts the longest id
-    line an id may take (SPEC §4: at most 64 characters).
+    line an id may take (at most 64 characters: docs/protocol.md#event-size).
     """
     fits = largest_text_for(max_bytes)
     event = make_event(fits, max_bytes=max_bytes)
@@ -360,7 +360,7 @@ def test_default_limit_is_the_spec_default() -> None:
 
 
 def test_hub_ids_are_short_and_cors_safe() -> None:
-    """SPEC §4: ids the hub hands out (and its gap positions) use only A-Z a-z 0-9 . _ -."""
+    """Ids the hub hands out (and its gap positions) use only A-Z a-z 0-9 . _ -."""
     broker = Broker(MemoryBackend(history_size=3), queue_size=1000)
     try:
         ids = broker.publish([make_event(str(n), channel="c") for n in range(20)])
@@ -451,7 +451,7 @@ def test_gap_event_round_trips_any_requested_id(requested: str, position: str) -
 
 
 def test_data_nested_too_deeply_to_encode_is_invalid_data_not_a_recursion_error() -> None:
-    # Found by the fuzz test: ~1000 nested lists parse (C decoder) but do not encode.
+    # ~1000 nested lists parse (C decoder) but do not encode.
     deep: list[object] = []
     for _ in range(100_000):
         deep = [deep]

@@ -1,4 +1,4 @@
-"""A Flask app that uses flask-sse-hub as a library (SPEC §2), as a user would.
+"""A Flask app that uses flask-sse-hub as a library, as a user would.
 
 Run by the integration tests with ``gunicorn --pythonpath tests/integration/apps
 library_app:app`` (the repository's gunicorn.conf.py, gevent worker) and with

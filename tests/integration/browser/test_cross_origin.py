@@ -1,4 +1,4 @@
-"""CORS in a real Chromium: a page on a second origin subscribes and publishes (issue 4, item 4).
+"""CORS in a real Chromium: a page on a second origin subscribes and publishes.
 
 The second origin is a plain HTTP server on another port of 127.0.0.1 serving
 an empty page; its scripts talk to the hub across origins. The hub's access

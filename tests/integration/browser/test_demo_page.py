@@ -1,4 +1,4 @@
-"""The demo page (SPEC §3 ``GET /``) in a real headless Chromium (issue 4, item 3).
+"""The demo page (``GET /``, docs/protocol.md#demo) in a real headless Chromium.
 
 What a person sees, checked two ways: a screenshot (a real PNG of the viewport,
 whose pixels show the green "open" badge) and the DOM it was taken from (event

@@ -1,4 +1,4 @@
-"""A page's own ``EventSource`` in a real headless Chromium (issue 4, item 1).
+"""A page's own ``EventSource`` in a real headless Chromium.
 
 The page is served from the hub's origin (``/healthz``) so the stream is
 same-origin. A small script records every event it sees (``type``, ``data``,

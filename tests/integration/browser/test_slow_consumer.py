@@ -1,4 +1,4 @@
-"""A page's own EventSource dropped as a slow consumer (SPEC §5; issue 4, item 1).
+"""A page's own EventSource dropped as a slow consumer (docs/protocol.md#slow-consumers).
 
 The hub disconnects a subscriber whose queue overflows; the browser must
 reconnect on its own and, through its own ``Last-Event-ID``, get what was

@@ -1,4 +1,4 @@
-"""Python's ``httpx-sse`` (``httpx.Client``, ``connect_sse``) against the hub (issue 4, item 2).
+"""Python's ``httpx-sse`` (``httpx.Client``, ``connect_sse``) against the hub.
 
 httpx-sse parses the stream but never reconnects: the tests resume the way
 its users must, by connecting again with the ``Last-Event-ID`` header of the

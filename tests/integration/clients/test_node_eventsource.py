@@ -1,4 +1,4 @@
-"""Node's ``eventsource`` npm package against the real hub (issue 4, item 2).
+"""Node's ``eventsource`` npm package against the real hub.
 
 ``listen.mjs`` (tests/clients/node) runs ``new EventSource(url)`` from the
 pinned package, not Node's own experimental one, and prints what its listeners

@@ -113,8 +113,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
-# -- Added for the Redis integration tests (test_*.py here). Appended only, with its
-# imports local, so that the fixtures above stay as they are.
+# -- Shared by the Redis integration tests (test_*.py here); its imports are local to it.
 
 #: The Redis stream of the standalone hub (blueprint "sse"): ``flask-sse-hub:<name>``.
 HUB_STREAM = "flask-sse-hub:sse"

@@ -1,4 +1,4 @@
-"""Redis connections per worker are constant, never one per subscriber (SPEC §1; issue 3).
+"""Redis connections per worker are constant, never one per subscriber (docs/protocol.md#redis).
 
 Each worker holds its broadcaster's connection, one replay connection (every
 stream's replay pages are pipelined on it), one for health checks and a small

@@ -1,5 +1,7 @@
-"""Redis faults (SPEC §5 "Never silent", "Redis outage"; §8 "Redis that hangs",
-"The broadcaster survives", "Shared Redis, different settings").
+"""Redis faults: a Redis that hangs or restarts empty, foreign entries, shared settings.
+
+The rules: docs/protocol.md#redis-never-silent, docs/protocol.md#redis-outage,
+docs/protocol.md#redis-timeouts and docs/protocol.md#redis-window.
 
 * Redis frozen (SIGSTOP): a publish answers 503 within ``SSE_REDIS_TIMEOUT``,
   ``/healthz`` 503 within 1 s, open streams keep their heartbeats; after
@@ -38,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 #: What an HTTP round trip to the local hub may add to a bound the hub keeps.
 MARGIN = 0.25
-#: SPEC §8: /healthz answers within 1 s, whatever Redis does.
+#: /healthz answers within 1 s, whatever Redis does (docs/protocol.md#healthz).
 HEALTHZ_SECONDS = 1.0
 
 

@@ -1,4 +1,4 @@
-"""Issue 3 / SPEC §1: under gevent, the Redis broadcaster's blocking XREAD blocks no greenlet."""
+"""Under gevent, the Redis broadcaster's blocking XREAD blocks no other greenlet."""
 
 from __future__ import annotations
 

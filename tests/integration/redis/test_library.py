@@ -1,4 +1,4 @@
-"""The library with Redis (SPEC §2, §7; issue 3): ``flask sse publish`` from another process.
+"""The library with Redis: ``flask sse publish`` in another process reaches the app's streams.
 
 A Flask app of the tests' own (``apps/redis_library_app.py``) registers
 ``flask_sse_hub.sse`` with ``SSE_REDIS_URL`` from its environment and runs

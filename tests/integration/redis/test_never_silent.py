@@ -1,4 +1,4 @@
-"""Never silent (SPEC §5 "Never silent", §8 "Publish requests"): no event is lost unannounced.
+"""Never silent (docs/protocol.md#redis-never-silent): no event is lost unannounced.
 
 * A batch with more events than the history window could not be retained
   whole: ``POST /publish`` refuses it with 413 and publishes nothing. A batch

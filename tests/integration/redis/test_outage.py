@@ -1,4 +1,4 @@
-"""Redis failures (SPEC §5 "Redis outage"; issue 3).
+"""Redis failures (docs/protocol.md#redis-outage).
 
 * Redis dies with streams open: the streams stay open and keep their
   heartbeats; ``POST /publish`` answers 503 with a JSON error; ``/healthz``

@@ -1,4 +1,4 @@
-"""Replay from Redis history (SPEC §5; issue 3): across restarts, after trimming.
+"""Replay from Redis history (docs/protocol.md#replay): across restarts, after trimming.
 
 History lives in the Redis stream, so it outlives gunicorn: a client resuming
 after a full restart of the hub (master and workers) with an id it saw before
@@ -32,7 +32,7 @@ def read_through_live(hub: HubServer, channel: str, stream: HubStream) -> list[E
 
 
 #: Events per publish: at most SSE_HISTORY_SIZE of the small-history hub (a larger
-#: batch could not be retained whole and is refused with 413, SPEC §8).
+#: batch could not be retained whole and is refused with 413: docs/protocol.md#redis-window).
 BATCH = 10
 
 
@@ -41,7 +41,7 @@ def publish_seen(hub: HubServer, channel: str, count: int) -> list[str]:
     subscriber has seen the last one.
 
     That subscriber may lag behind the trimming of a small history: then it must
-    have been told (SPEC §5 "Never silent"), by a gap before its first missing event.
+    have been told, by a gap before its first missing event (docs/protocol.md#never-silent).
     """
     witness = hub.subscribe(channel)
     ids: list[str] = []

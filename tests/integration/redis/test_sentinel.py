@@ -1,4 +1,4 @@
-"""Redis high availability through Sentinel (SPEC §8 "Redis high availability", §5 "Never silent").
+"""Redis high availability through Sentinel (docs/protocol.md#redis-sentinel).
 
 The tests' own Sentinel set-up (:mod:`.sentinel_cluster`: a master, two
 replicas, three sentinels, quorum 2, ``down-after-milliseconds 1000``) and
@@ -26,8 +26,8 @@ the master can only come from Sentinel.
   before the first one it misses, and a gap never excuses skipping an event
   Redis still holds.
 
-A publish answered 503 "may have been published" (SPEC §8, Redis that
-hangs): such an event may reach a stream, at most once and in its place.
+A publish answered 503 "may have been published" (docs/protocol.md#redis-timeouts):
+such an event may reach a stream, at most once and in its place.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A new stream's start position (SPEC §5, resume; issue 4): a complete resume point.
+"""A new stream's start position (docs/protocol.md#position): a complete resume point.
 
 A stream opens with an id-only block (type ``sse-hub-position``, no data):
 the client's last event id before its first event. A client whose stream

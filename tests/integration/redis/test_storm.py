@@ -1,4 +1,4 @@
-"""Reconnect storms are not gaps (SPEC §8; §5 "Resume", "Never silent").
+"""Reconnect storms are not gaps (docs/protocol.md#redis-replay).
 
 A deploy or a Redis blip sends every client back at once, each with the id of
 the last event it saw. Here 1 500 streams resume at the same moment on a hub
@@ -53,7 +53,7 @@ HISTORY_SIZE = 5000
 #: SSE_REDIS_TIMEOUT (2 s); on a 2-core machine a request sent at the storm's start
 #: also waits 1-3 s for a worker busy taking 750 connections (a /healthz sent at the
 #: same moment waits as long). A publish queued behind the replays for a pooled
-#: connection (the bug this guards against) took 6-15 s.
+#: connection (replays sharing the publishes' pool) takes 6-15 s: this tells them apart.
 PUBLISH_SECONDS = 5.0
 #: Client timeout of the publishes and of the /healthz reference.
 REQUEST_SECONDS = 10.0

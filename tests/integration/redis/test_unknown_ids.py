@@ -1,4 +1,4 @@
-"""Unknown and garbage resume ids with Redis ids (SPEC §5; issue 3).
+"""Unknown and garbage resume ids with Redis ids: a gap (docs/protocol.md#gap).
 
 Redis ids look like ``<ms>-<seq>``. Whatever a client sends as its last id —
 garbage, an id of the right shape that the stream never held, one from the

@@ -1,4 +1,4 @@
-"""Several gunicorn workers, one hub: Redis is the backplane (SPEC §1, §5, §7; issue 3).
+"""Several gunicorn workers, one hub: Redis is the backplane (docs/protocol.md#redis).
 
 * With ``SSE_REDIS_URL``, a publish answered by any worker reaches the
   subscribers of every worker, all in the same (publish) order, each once.

@@ -1,4 +1,4 @@
-"""A user's Flask app with flask-sse-hub as a library and Redis as the backplane (SPEC §2).
+"""A user's Flask app with flask-sse-hub as a library and Redis as the backplane.
 
 Run by ``tests/integration/redis/test_library.py`` under gunicorn
 (``--pythonpath tests/integration/redis/apps redis_library_app:app``, the

@@ -1,4 +1,5 @@
-"""Issue 4's settings: SSE_CORS_ORIGINS, SSE_JWT_*, SSE_MAX_CONNECTIONS_PER_IP.
+"""The settings of CORS, tokens and per-client limits: SSE_CORS_ORIGINS, SSE_JWT_*,
+SSE_MAX_CONNECTIONS_PER_IP.
 
 Parsing (strings from the environment, Python values from ``app.config``),
 normalisation of origins to what browsers send, every refusal naming its key,
@@ -24,7 +25,8 @@ from flask_sse_hub.config import DEFAULTS, SECRETS, HubConfig, from_environ
 
 SECRET = "0123456789abcdef0123456789abcdef-secret"  # 39 bytes
 
-NEW_KEYS = {
+#: The CORS, token and per-client settings with their defaults: all off.
+ACCESS_DEFAULTS = {
     "SSE_CORS_ORIGINS": None,
     "SSE_JWT_SECRET": None,
     "SSE_JWT_PUBLIC_KEY": None,
@@ -68,8 +70,8 @@ def register(apps: list[Flask], **config: Any) -> Flask:
 # -- defaults and the environment ------------------------------------------------------
 
 
-def test_new_keys_default_to_off() -> None:
-    assert {key: DEFAULTS[key] for key in NEW_KEYS} == NEW_KEYS
+def test_access_settings_default_to_off() -> None:
+    assert {key: DEFAULTS[key] for key in ACCESS_DEFAULTS} == ACCESS_DEFAULTS
     config = HubConfig.from_mapping({})
     assert config.cors_origins == ()
     assert config.jwt_secret is None
@@ -82,7 +84,7 @@ def test_new_keys_default_to_off() -> None:
     assert TokenVerifier.from_config(config) is None
 
 
-def test_environment_strings_are_parsed() -> None:
+def test_access_settings_from_environment_strings_are_parsed() -> None:
     environ = {
         "SSE_CORS_ORIGINS": "https://app.example.com, http://localhost:3000",
         "SSE_JWT_SECRET": SECRET,
@@ -107,7 +109,7 @@ def test_environment_strings_are_parsed() -> None:
     ["SSE_CORS_ORIGINS", "SSE_JWT_SECRET", "SSE_JWT_PUBLIC_KEY", "SSE_JWT_AUDIENCE",
      "SSE_JWT_ISSUER", "SSE_MAX_CONNECTIONS_PER_IP"],
 )
-def test_empty_environment_string_means_unset(key: str) -> None:
+def test_an_empty_environment_string_unsets_an_access_setting(key: str) -> None:
     config = HubConfig.from_mapping({key: ""})
     value = getattr(config, key.removeprefix("SSE_").lower())
     assert value in (None, ())
@@ -223,7 +225,7 @@ def test_secret_length_is_counted_in_bytes() -> None:
         ("SSE_MAX_CONNECTIONS_PER_IP", True),
     ],
 )
-def test_bad_values_raise_config_error_naming_the_key(key: str, value: Any) -> None:
+def test_bad_access_settings_raise_config_error_naming_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key):
         HubConfig.from_mapping({key: value})
 
