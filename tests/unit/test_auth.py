@@ -36,7 +36,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from flask import Flask, Response, request
-from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 import flask_sse_hub
@@ -44,17 +43,22 @@ from flask_sse_hub import Forbidden, SSEBlueprint, Unauthorized
 from flask_sse_hub.auth import LEEWAY_SECONDS, CorsPolicy, Grants, TokenVerifier
 from flask_sse_hub.config import HubConfig
 from tests.support.flask_stream import WAIT, OpenStream
+from tests.support.hub_http import get_stream, open_stream, publish, published, refused
 from tests.support.sse_parser import Event
+from tests.support.tokens import (
+    ALL,
+    CHALLENGE,
+    INVALID_TOKEN_CHALLENGE,
+    PUBLISH_TOKEN,
+    SECRET,
+    bearer,
+    mint,
+)
 
-SECRET = "unit-test-hs256-secret-0123456789abcdef"  # 39 bytes
 OTHER_SECRET = "another-hs256-secret-0123456789abcdef!!"
-PUBLISH_TOKEN = "static-publish-token-for-unit-tests"
 HEARTBEAT = 0.2  # SSE_HEARTBEAT_SECONDS of these apps: how long one read may block
-CHALLENGE = 'Bearer realm="flask-sse-hub"'
-INVALID_TOKEN_CHALLENGE = 'Bearer realm="flask-sse-hub", error="invalid_token"'
 ORIGIN = "https://app.example.com"
 OTHER_ORIGIN = "http://localhost:3000"
-ALL = {"subscribe": ["*"], "publish": ["*"]}
 
 
 # -- keys and tokens ---------------------------------------------------------------
@@ -98,19 +102,6 @@ def ed_key() -> KeyPair:
     return _pair(ed25519.Ed25519PrivateKey.generate())
 
 
-def mint(
-    sse: Any = None, *, exp_in: float | None = 60.0, key: Any = SECRET, alg: str = "HS256",
-    **claims: Any,
-) -> str:
-    """A signed token; ``sse=None`` leaves the claim out, ``exp_in=None`` leaves out ``exp``."""
-    payload: dict[str, Any] = dict(claims)
-    if exp_in is not None:
-        payload["exp"] = time.time() + exp_in
-    if sse is not None:
-        payload["sse"] = sse
-    return jwt.encode(payload, key, algorithm=alg)
-
-
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -128,59 +119,7 @@ def verifier(**config: Any) -> TokenVerifier:
     return TokenVerifier(HubConfig.from_mapping(config))
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 # -- apps ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def jwt_app(make_hub_app: Callable[..., Flask]) -> Flask:
-    return make_hub_app(SSE_JWT_SECRET=SECRET)
-
-
-def client_with(app: Flask, cookies: dict[str, str] | None = None) -> FlaskClient:
-    """A test client holding ``cookies`` (it ignores a ``Cookie`` header passed by hand)."""
-    client = app.test_client()
-    for name, value in (cookies or {}).items():
-        client.set_cookie(name, value)
-    return client
-
-
-def get_stream(
-    app: Flask, query: str = "", *, cookies: dict[str, str] | None = None, **kwargs: Any
-) -> TestResponse:
-    return client_with(app, cookies).get(f"/stream{query}", buffered=False, **kwargs)
-
-
-def open_stream(
-    app: Flask, query: str = "", *, cookies: dict[str, str] | None = None, **kwargs: Any
-) -> OpenStream:
-    return OpenStream(get_stream(app, query, cookies=cookies, **kwargs))
-
-
-def refused(response: TestResponse, status: int) -> str:
-    """Assert a JSON error answer with ``status``; return its reason (and close it)."""
-    try:
-        if response.status_code == 200:  # a stream: its body never ends, do not read it
-            pytest.fail(f"expected {status}, got a 200 {response.mimetype} answer")
-        assert response.status_code == status, (response.status_code, response.get_data())
-        assert response.mimetype == "application/json", response.headers
-        reason: str = response.get_json()["error"]
-    finally:
-        response.close()
-    assert reason
-    return reason
-
-
-def publish(app: Flask, body: Any, headers: dict[str, str] | None = None) -> TestResponse:
-    return app.test_client().post("/publish", json=body, headers=headers or {})
-
-
-def published(app: Flask) -> int:
-    count: int = flask_sse_hub.hubs(app)["sse"].broker.stats()["events_published"]
-    return count
 
 
 def subscribers(app: Flask) -> int:
@@ -624,88 +563,6 @@ def test_refusals_log_no_token(
     for token in (bad, good_but_ungranted):
         for part in token.split("."):
             assert part not in caplog.text
-
-
-# == publishing over HTTP ================================================================
-
-
-def test_with_jwt_on_anonymous_loopback_publish_is_refused(jwt_app: Flask) -> None:
-    response = publish(jwt_app, {"channel": "orders", "data": 1})
-    assert response.headers["WWW-Authenticate"] == CHALLENGE
-    refused(response, 401)
-    assert published(jwt_app) == 0
-
-
-def test_publisher_token_only_from_the_header(jwt_app: Flask) -> None:
-    token = mint({"publish": ["*"]})
-    client = jwt_app.test_client()
-    refused(client.post(f"/publish?token={token}", json={"data": 1}), 401)
-    refused(client_with(jwt_app, {"sse_token": token}).post("/publish", json={"data": 1}), 401)
-    assert published(jwt_app) == 0
-    assert publish(jwt_app, {"data": 1}, bearer(token)).status_code == 202
-
-
-def test_publish_grants(jwt_app: Flask) -> None:
-    token = bearer(mint({"publish": ["orders:*", "news"]}))
-    ok = publish(jwt_app, {"channel": "orders:eu", "data": 1}, token)
-    assert ok.status_code == 202, ok.get_data()
-    assert publish(jwt_app, {"channel": "news", "data": 1}, token).status_code == 202
-    assert "billing" in refused(publish(jwt_app, {"channel": "billing", "data": 1}, token), 403)
-    refused(publish(jwt_app, {"channel": "orders", "data": 1}, token), 403)
-    refused(publish(jwt_app, {"data": 1}, token), 403)  # the default channel
-    # A subscribe grant is not a publish grant.
-    refused(publish(jwt_app, {"channel": "news", "data": 1},
-                    bearer(mint({"subscribe": ["*"]}))), 403)
-    assert published(jwt_app) == 2
-
-
-def test_a_batch_with_one_ungranted_channel_publishes_nothing(jwt_app: Flask) -> None:
-    stream = open_stream(jwt_app, "?channel=orders:eu&channel=billing",
-                         headers=bearer(mint({"subscribe": ["*"]})))
-    try:
-        token = bearer(mint({"publish": ["orders:*"]}))
-        batch = [{"channel": "orders:eu", "data": "first"}, {"channel": "billing", "data": "x"},
-                 {"channel": "orders:eu", "data": "third"}]
-        assert "billing" in refused(publish(jwt_app, batch, token), 403)
-        assert published(jwt_app) == 0
-        answer = publish(jwt_app, {"channel": "orders:eu", "data": "after"}, token)
-        assert answer.status_code == 202
-        # The subscriber's first event is the one published after the refused batch.
-        assert stream.read(1) == [Event("message", "after", answer.get_json()["id"])]
-    finally:
-        stream.close()
-
-
-def test_publish_token_grants_everything_with_jwt_on(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_JWT_SECRET=SECRET, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
-    batch = [{"channel": "orders", "data": 1}, {"channel": "billing:x", "data": 2}]
-    answer = publish(app, batch, bearer(PUBLISH_TOKEN))
-    assert answer.status_code == 202, answer.get_data()
-    assert len(answer.get_json()["ids"]) == 2
-    # JWTs still work, limited to their grants.
-    assert publish(app, {"channel": "orders", "data": 1},
-                   bearer(mint({"publish": ["orders"]}))).status_code == 202
-    refused(publish(app, {"channel": "billing", "data": 1},
-                    bearer(mint({"publish": ["orders"]}))), 403)
-    # Neither token, nor a near miss of the static one.
-    refused(publish(app, {"channel": "orders", "data": 1}), 401)
-    refused(publish(app, {"channel": "orders", "data": 1}, bearer(PUBLISH_TOKEN + "x")), 401)
-    refused(publish(app, {"channel": "orders", "data": 1}, bearer(PUBLISH_TOKEN[:-1])), 401)
-    assert published(app) == 3
-
-
-def test_publish_token_alone_keeps_its_old_behaviour(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
-    missing = publish(app, {"data": 1})
-    assert missing.headers["WWW-Authenticate"] == CHALLENGE
-    refused(missing, 401)
-    wrong = publish(app, {"data": 1}, bearer("nope"))
-    assert wrong.headers["WWW-Authenticate"] == INVALID_TOKEN_CHALLENGE
-    refused(wrong, 401)
-    # A JWT means nothing without SSE_JWT_* settings.
-    refused(publish(app, {"data": 1}, bearer(mint({"publish": ["*"]}))), 401)
-    assert publish(app, {"data": 1}, bearer(PUBLISH_TOKEN)).status_code == 202
-    open_stream(app, "?channel=default").close()  # subscribing needs no token
 
 
 def test_public_key_hub_end_to_end(

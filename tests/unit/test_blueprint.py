@@ -1,7 +1,7 @@
 """The library API and the subscribe endpoint through Flask's test client.
 
-The blueprint, publish(), the CLI and the standalone app (docs/protocol.md#library,
-docs/protocol.md#subscribe-api).
+The blueprint and publish() (docs/protocol.md#library, docs/protocol.md#subscribe-api);
+the CLI is tested in test_cli.py, the standalone app in test_server.py.
 
 Streams are opened with ``buffered=False`` and read chunk by chunk from the
 response iterator (the test client has already pulled the first chunk, the
@@ -13,28 +13,26 @@ wait is bounded.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import quote
 
 import pytest
 from flask import Flask, request
-from werkzeug.test import EnvironBuilder, TestResponse
+from werkzeug.test import EnvironBuilder
 
 import flask_sse_hub
 from flask_sse_hub import (
-    BackendUnavailable,
     EventTooLarge,
     InvalidChannel,
     InvalidEventType,
     SSEBlueprint,
 )
 from tests.support.flask_stream import WAIT, OpenStream
+from tests.support.hub_http import open_stream
 from tests.support.sse_parser import Event
+from tests.support.threads import run_in_thread
 
-HEARTBEAT = 0.2  # SSE_HEARTBEAT_SECONDS in these apps: how long one read may block
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -44,30 +42,6 @@ HOP_BY_HOP = {
 def subscribers(app: Flask, name: str = "sse") -> int:
     count: int = flask_sse_hub.hubs(app)[name].broker.stats()["subscribers"]
     return count
-
-
-@pytest.fixture
-def make_app() -> Iterator[Callable[..., Flask]]:
-    """Fresh apps, each with a fresh ``SSEBlueprint`` (or the one given); hubs stopped after."""
-    apps: list[Flask] = []
-
-    def factory(
-        blueprint: SSEBlueprint | None = None, *, url_prefix: str = "/stream", **config: Any
-    ) -> Flask:
-        app = Flask(__name__)
-        app.config.update({"SSE_HEARTBEAT_SECONDS": HEARTBEAT, **config})
-        app.register_blueprint(blueprint or SSEBlueprint("sse", __name__), url_prefix=url_prefix)
-        apps.append(app)
-        return app
-
-    yield factory
-    for app in apps:
-        for hub in flask_sse_hub.hubs(app).values():
-            hub.broker.stop()
-
-
-def open_stream(app: Flask, query: str = "", **kwargs: Any) -> OpenStream:
-    return OpenStream(app.test_client().get(f"/stream{query}", buffered=False, **kwargs))
 
 
 # -- subscribe: headers and the first chunk --------------------------------------------
@@ -200,9 +174,7 @@ def test_publish_from_a_view_and_from_a_background_thread(
             with app.app_context():
                 from_thread.append(flask_sse_hub.publish("from a thread", channel="orders"))
 
-        worker = threading.Thread(target=background)
-        worker.start()
-        worker.join(WAIT)
+        run_in_thread(background).join(WAIT)
         events = stream.read(2)
     finally:
         stream.close()
@@ -512,243 +484,3 @@ def test_max_connection_seconds_ends_the_stream_for_a_resume(
         stream.read(1, timeout=WAIT)
     assert time.monotonic() - started < 5, "ended by the heartbeat wait, not by its age"
     assert subscribers(app) == 0
-
-
-# -- CLI ----------------------------------------------------------------------------------
-
-
-def test_cli_publish_prints_the_id_a_subscriber_receives(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
-    stream = open_stream(app, "?channel=orders")
-    try:
-        result = app.test_cli_runner().invoke(
-            args=["sse", "publish", "orders", "hello", "--event", "created"]
-        )
-        assert result.exit_code == 0, result.output
-        event_id = result.stdout.strip()
-        (event,) = stream.read(1)
-    finally:
-        stream.close()
-    assert event == Event("created", "hello", event_id)
-
-
-def test_cli_publish_json_data(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
-    stream = open_stream(app, "?channel=orders")
-    try:
-        result = app.test_cli_runner().invoke(
-            args=["sse", "publish", "orders", '{"n": 1}', "--json"]
-        )
-        assert result.exit_code == 0, result.output
-        (event,) = stream.read(1)
-    finally:
-        stream.close()
-    assert json.loads(event.data) == {"n": 1}
-    assert event.last_event_id == result.stdout.strip()
-
-
-@pytest.mark.parametrize(
-    ("args", "reason"),
-    [
-        (["sse", "publish", "bad channel", "hello"], "invalid channel"),
-        (["sse", "publish", "orders", "hello", "--event", "sse-hub-x"], "reserved"),
-        (["sse", "publish", "orders", "{not json", "--json"], "Expecting"),
-    ],
-    ids=["bad-channel", "reserved-event", "bad-json"],
-)
-def test_cli_publish_refuses_bad_input_with_the_reason(
-    make_app: Callable[..., Flask], args: list[str], reason: str
-) -> None:
-    app = make_app()
-    result = app.test_cli_runner().invoke(args=args)
-    assert result.exit_code != 0
-    assert reason in result.output
-    assert flask_sse_hub.hubs(app)["sse"].broker.stats().get("events_published", 0) == 0
-
-
-# -- the standalone hub (create_app) ---------------------------------------------------
-
-
-def post_publish(app: Flask, body: Any, **kwargs: Any) -> TestResponse:
-    return app.test_client().post("/publish", json=body, **kwargs)
-
-
-def test_standalone_publish_single_and_batch(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
-    stream = open_stream(app, "?channel=orders")
-    try:
-        single = post_publish(
-            app, {"channel": "orders", "event": "order-created", "data": {"order": 42}}
-        )
-        assert single.status_code == 202
-        first = single.get_json()["id"]
-        batch = post_publish(
-            app,
-            [{"channel": "orders", "data": "a"}, {"channel": "other", "data": "b"},
-             {"channel": "orders", "data": "c", "retry": 100}],
-        )
-        assert batch.status_code == 202
-        ids = batch.get_json()["ids"]
-        assert len(ids) == 3
-        events = stream.read(3)
-    finally:
-        stream.close()
-    assert events == [
-        Event("order-created", '{"order":42}', first),
-        Event("message", "a", ids[0]),
-        Event("message", "c", ids[2]),
-    ]
-
-
-def test_standalone_stream_is_served_at_stream(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_RETRY_MS=777)
-    stream = open_stream(app)
-    try:
-        assert stream.parser.retry == 777
-    finally:
-        stream.close()
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "status"),
-    [
-        ({"data": "not json", "content_type": "text/plain"}, 415),
-        ({"data": "{oops", "content_type": "application/json"}, 400),
-        ({"json": {"channel": "orders"}}, 400),  # no data
-        ({"json": {"data": 1, "colour": "red"}}, 400),  # unknown field
-        ({"json": {"data": 1, "channel": "a b"}}, 400),
-        ({"json": {"data": 1, "event": "sse-hub-gap"}}, 400),
-        ({"json": {"data": 1, "event": "a\nb"}}, 400),
-        ({"json": {"data": 1, "retry": "soon"}}, 400),
-        ({"json": {"data": 1, "retry": True}}, 400),
-        ({"json": {"data": 1, "retry": -1}}, 400),
-        ({"json": []}, 400),
-        ({"json": 42}, 400),
-        ({"json": [{"data": 1}, "not an object"]}, 400),
-        ({"json": [{"data": 1}, {"data": 2, "channel": "bad channel"}]}, 400),
-        ({"json": {"data": "x" * 2000}}, 413),  # over SSE_MAX_EVENT_BYTES
-        ({"json": [{"data": "x" * 900}] * 5}, 413),  # over SSE_MAX_PUBLISH_BYTES
-    ],
-    ids=[
-        "not-json-415", "bad-json", "missing-data", "unknown-field", "bad-channel",
-        "reserved-event", "event-with-LF", "retry-str", "retry-bool", "retry-negative",
-        "empty-batch", "not-an-object", "batch-item-not-object", "batch-item-bad-channel",
-        "event-too-large", "body-too-large",
-    ],
-)
-def test_standalone_publish_errors_are_json_with_status(
-    make_hub_app: Callable[..., Flask], kwargs: dict[str, Any], status: int
-) -> None:
-    app = make_hub_app(SSE_MAX_EVENT_BYTES=1024, SSE_MAX_PUBLISH_BYTES=4096)
-    response = app.test_client().post("/publish", **kwargs)
-    assert response.status_code == status, response.get_data(as_text=True)
-    error = response.get_json()["error"]
-    assert isinstance(error, str) and error
-    # Nothing of a refused request is published, not even the valid part of a batch.
-    assert flask_sse_hub.hubs(app)["sse"].broker.stats().get("events_published", 0) == 0
-
-
-def test_standalone_publish_token_is_required_when_set(
-    make_hub_app: Callable[..., Flask],
-) -> None:
-    app = make_hub_app(SSE_PUBLISH_TOKEN="s3cret-token")
-    body = {"data": "x"}
-    for headers in (
-        {},
-        {"Authorization": "Bearer wrong"},
-        {"Authorization": "Bearer s3cret-toke"},
-        {"Authorization": "Basic s3cret-token"},
-        {"Authorization": "s3cret-token"},
-    ):
-        response = post_publish(app, body, headers=headers)
-        assert response.status_code == 401, headers
-        assert "error" in response.get_json()
-        assert "Bearer" in response.headers.get("WWW-Authenticate", "")
-    ok = post_publish(app, body, headers={"Authorization": "Bearer s3cret-token"})
-    assert ok.status_code == 202
-    # With a token, where the request comes from does not matter.
-    relayed = post_publish(
-        app, body,
-        headers={"Authorization": "Bearer s3cret-token", "X-Forwarded-For": "203.0.113.9"},
-        environ_base={"REMOTE_ADDR": "203.0.113.9"},
-    )
-    assert relayed.status_code == 202
-
-
-@pytest.mark.parametrize(
-    ("remote_addr", "headers", "status"),
-    [
-        ("127.0.0.1", {}, 202),
-        ("::1", {}, 202),
-        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.9"}, 403),
-        ("127.0.0.1", {"Forwarded": "for=203.0.113.9"}, 403),
-        ("127.0.0.1", {"X-Real-IP": "203.0.113.9"}, 403),
-        ("203.0.113.9", {}, 403),
-        ("10.0.0.5", {}, 403),
-    ],
-    ids=["loopback", "loopback-v6", "x-forwarded-for", "forwarded", "x-real-ip",
-         "public-address", "private-address"],
-)
-def test_anonymous_publish_only_from_loopback(
-    make_hub_app: Callable[..., Flask], remote_addr: str, headers: dict[str, str], status: int
-) -> None:
-    app = make_hub_app()
-    response = post_publish(
-        app, {"data": "x"}, headers=headers, environ_base={"REMOTE_ADDR": remote_addr}
-    )
-    assert response.status_code == status
-    if status != 202:
-        assert "error" in response.get_json()
-
-
-def test_standalone_backend_unavailable_is_503(
-    make_hub_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = make_hub_app()
-    backend = flask_sse_hub.hubs(app)["sse"].broker.backend
-
-    def unreachable(events: Any) -> list[str]:
-        raise BackendUnavailable("Redis unavailable, nothing published")
-
-    monkeypatch.setattr(backend, "publish", unreachable)
-    response = post_publish(app, {"data": "x"})
-    assert response.status_code == 503
-    assert "unavailable" in response.get_json()["error"]
-    monkeypatch.setattr(backend, "healthy", lambda: False)
-    health = app.test_client().get("/healthz")
-    assert health.status_code == 503
-    assert health.get_json()["status"] != "ok"
-
-
-def test_standalone_healthz(make_hub_app: Callable[..., Flask]) -> None:
-    response = make_hub_app().test_client().get("/healthz")
-    assert response.status_code == 200
-    assert response.get_json()["status"] == "ok"
-
-
-def test_standalone_stats_report_this_worker(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
-    stream = open_stream(app, "?channel=orders&channel=news")
-    try:
-        ids = [post_publish(app, {"channel": "orders", "data": n}).get_json()["id"]
-               for n in range(2)]
-        stream.read(2)
-        stats = app.test_client().get("/stats").get_json()
-    finally:
-        stream.close()
-    assert ids
-    assert stats["channels"] == {"orders": 1, "news": 1}
-    assert stats["events_published"] == 2
-    for key in ("events_delivered", "subscribers_dropped_slow", "replays_served"):
-        assert isinstance(stats[key], int), key
-    assert stats["subscribers_dropped_slow"] == 0
-
-
-def test_standalone_demo_page(make_hub_app: Callable[..., Flask]) -> None:
-    client = make_hub_app().test_client()
-    page = client.get("/")
-    assert page.status_code == 200
-    assert page.mimetype == "text/html"
-    script = client.get("/static/demo.js")
-    assert script.status_code == 200
-    assert b"EventSource" in script.data

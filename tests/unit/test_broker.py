@@ -35,6 +35,7 @@ from flask_sse_hub.backends.memory import MemoryBackend
 from flask_sse_hub.broker import CLOSE, Broker, Published, Replay, Subscription
 from flask_sse_hub.wire import make_event
 from tests.support.sse_parser import Event, EventStreamParser
+from tests.support.threads import run_in_thread
 
 WAIT = 10.0  # seconds: the bound on every wait; a pass never comes near it
 #: How long the resume race may publish: its 20 reconnects need a fraction of it.
@@ -186,39 +187,31 @@ def run_fanout_scenario(
 
         published: dict[str, tuple[str, dict[str, int]]] = {}
         per_thread_ids: list[list[str]] = [[] for _ in range(publishers)]
-        failures: list[BaseException] = []
         start = threading.Barrier(publishers)
 
         def publish_all(p: int) -> None:
-            try:
-                start.wait(WAIT)
-                i = 0
-                while i < per_publisher:
-                    size = 2 if i % 7 == 6 and i + 1 < per_publisher else 1
-                    batch = [
-                        ({"p": p, "i": j}, channels[(p + j) % 3]) for j in range(i, i + size)
-                    ]
-                    ids = broker.publish([make_event(d, channel=c) for d, c in batch])
-                    # One id per event published, never anyone else's.
-                    assert len(ids) == size, f"publish of {size} event(s) returned {ids}"
-                    for event_id, (data, channel) in zip(ids, batch, strict=True):
-                        published[event_id] = (channel, data)
-                        per_thread_ids[p].append(event_id)
-                    i += size
-                    if i % 16 == 0:
-                        time.sleep(0)  # let the others run (a greenlet yields only here)
-            except BaseException as exc:
-                failures.append(exc)
+            start.wait(WAIT)
+            i = 0
+            while i < per_publisher:
+                size = 2 if i % 7 == 6 and i + 1 < per_publisher else 1
+                batch = [
+                    ({"p": p, "i": j}, channels[(p + j) % 3]) for j in range(i, i + size)
+                ]
+                ids = broker.publish([make_event(d, channel=c) for d, c in batch])
+                # One id per event published, never anyone else's.
+                assert len(ids) == size, f"publish of {size} event(s) returned {ids}"
+                for event_id, (data, channel) in zip(ids, batch, strict=True):
+                    published[event_id] = (channel, data)
+                    per_thread_ids[p].append(event_id)
+                i += size
+                if i % 16 == 0:
+                    time.sleep(0)  # let the others run (a greenlet yields only here)
 
-        threads = [
-            threading.Thread(target=publish_all, args=(p,), name=f"publisher-{p}")
-            for p in range(publishers)
+        workers = [
+            run_in_thread(publish_all, p, name=f"publisher-{p}") for p in range(publishers)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT * 3)
-        assert not failures, failures
+        for worker in workers:
+            worker.join(WAIT * 3)
         assert len(published) == publishers * per_publisher, "ids are not unique"
 
         # Ids follow publish order: each publisher's ids are increasing.
@@ -404,13 +397,11 @@ def test_publish_returns_exactly_its_own_ids_when_publishers_race() -> None:
     try:
         broker.publish([make_event("first", channel="c")])
         assert first_fan_out.wait(WAIT)
-        thread = threading.Thread(target=publisher_a)
-        thread.start()
+        thread = run_in_thread(publisher_a)
         assert a_released.wait(WAIT)
         ids_b = broker.publish([make_event("b", channel="c")])
         let_fan_out_go.set()  # ...and now finds A's and B's batches waiting
-        thread.join(WAIT)
-        assert not thread.is_alive()
+        thread.join(WAIT)  # fails if it is still running
     finally:
         let_fan_out_go.set()
         merged_delivered.set()
