@@ -668,24 +668,7 @@ func (g *gen) run() map[string]any {
 	// Publish, sampling the server's RSS meanwhile.
 	pub := &publisher{g: g, client: newClient(c.Publishers), url: strings.TrimRight(c.URL, "/") + c.PublishPath,
 		ok: make([]bool, c.Events)}
-	rssPeak := rssConnected
-	samplerStop := make(chan struct{})
-	samplerDone := make(chan struct{})
-	go func() {
-		defer close(samplerDone)
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-samplerStop:
-				return
-			case <-tick.C:
-				if r := rssKB(c.ServerPID); r > rssPeak {
-					rssPeak = r
-				}
-			}
-		}
-	}()
+	stopSampling := sampleRSS(c.ServerPID, rssConnected)
 	g.phase("publishing")
 	cpuServer0 := cpuSeconds(c.ServerPID)
 	cpuAux0 := cpuSeconds(c.AuxPID)
@@ -741,8 +724,7 @@ func (g *gen) run() map[string]any {
 	cpuServer := cpuSeconds(c.ServerPID) - cpuServer0
 	cpuAux := cpuSeconds(c.AuxPID) - cpuAux0
 	cpuSelf := selfCPUSeconds() - cpuSelf0
-	close(samplerStop)
-	<-samplerDone
+	rssPeak := stopSampling()
 	rssEnd := rssKB(c.ServerPID)
 	auxEnd := rssKB(c.AuxPID)
 	if pubEnd.IsZero() {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // descendants returns pid and every process below it.
@@ -114,4 +115,32 @@ func raiseNoFile() uint64 {
 	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
 	return lim.Cur
+}
+
+// sampleRSS records the peak RSS (KB) of pid and its descendants every 250 ms,
+// starting from base, until the returned function is called; it returns the peak.
+func sampleRSS(pid int, base int64) func() int64 {
+	peak := base
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(250 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if r := rssKB(pid); r > peak {
+					peak = r
+				}
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		<-done
+		return peak
+	}
 }

@@ -178,24 +178,7 @@ func (g *gen) runStorm() map[string]any {
 	}
 	atomic.StoreInt64(&g.stormRemaining, waiting)
 
-	rssPeak := rssBefore
-	samplerStop := make(chan struct{})
-	samplerDone := make(chan struct{})
-	go func() {
-		defer close(samplerDone)
-		tick := time.NewTicker(250 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-samplerStop:
-				return
-			case <-tick.C:
-				if r := rssKB(c.ServerPID); r > rssPeak {
-					rssPeak = r
-				}
-			}
-		}
-	}()
+	stopSampling := sampleRSS(c.ServerPID, rssBefore)
 
 	g.phase("storm")
 	cpuServer0 := cpuSeconds(c.ServerPID)
@@ -297,8 +280,7 @@ func (g *gen) runStorm() map[string]any {
 	// Whatever is still in flight (a duplicate, a late gap event) gets a moment.
 	time.Sleep(300 * time.Millisecond)
 	g.phase("done")
-	close(samplerStop)
-	<-samplerDone
+	rssPeak := stopSampling()
 	rssEnd := rssKB(c.ServerPID)
 	warn = append(warn, g.stopStreams(streams, &doneWG)...)
 
