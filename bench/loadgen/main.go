@@ -263,6 +263,30 @@ func (g *gen) open(channel string, lastID []byte) (net.Conn, io.Reader, error) {
 	return conn, resp.Body, nil
 }
 
+// opening is a set of streams being opened, at most DialConc connecting at once, then held.
+type opening struct {
+	t0       time.Time
+	opened   sync.WaitGroup // done once every stream is open or has given up
+	done     sync.WaitGroup // done once every stream's goroutine has ended
+	lastOpen int64          // unix ns of the last stream's first chunk (atomic)
+}
+
+// openStreams starts one goroutine per stream (runStream) and returns at once.
+func (g *gen) openStreams(streams []*stream) *opening {
+	op := &opening{t0: time.Now()}
+	sem := make(chan struct{}, g.cfg.DialConc)
+	deadline := op.t0.Add(g.cfg.ConnectTimeout)
+	for _, s := range streams {
+		op.opened.Add(1)
+		op.done.Add(1)
+		go func(s *stream) {
+			defer op.done.Done()
+			g.runStream(s, sem, &op.opened, deadline, &op.lastOpen)
+		}(s)
+	}
+	return op
+}
+
 // runStream keeps one stream open until the generator stops; openedWG is
 // released once, when the stream first receives data or gives up opening.
 func (g *gen) runStream(s *stream, sem chan struct{}, openedWG *sync.WaitGroup, openDeadline time.Time, lastOpen *int64) {
@@ -627,20 +651,9 @@ func (g *gen) run() map[string]any {
 		s.parser = NewParser(g.onEvent(s))
 		streams[i] = s
 	}
-	sem := make(chan struct{}, c.DialConc)
-	var openedWG, doneWG sync.WaitGroup
-	var lastOpen int64
-	t0 := time.Now()
-	openDeadline := t0.Add(c.ConnectTimeout)
-	for _, s := range streams {
-		openedWG.Add(1)
-		doneWG.Add(1)
-		go func(s *stream) {
-			defer doneWG.Done()
-			g.runStream(s, sem, &openedWG, openDeadline, &lastOpen)
-		}(s)
-	}
-	openedWG.Wait()
+	op := g.openStreams(streams)
+	t0 := op.t0
+	op.opened.Wait()
 	opened := 0
 	for _, s := range streams {
 		if s.opened {
@@ -648,7 +661,7 @@ func (g *gen) run() map[string]any {
 		}
 	}
 	connectSec := 0.0
-	if lastOpen > 0 {
+	if lastOpen := atomic.LoadInt64(&op.lastOpen); lastOpen > 0 {
 		connectSec = float64(lastOpen-t0.UnixNano()) / 1e9
 	}
 	logf("%d/%d streams open in %.2f s", opened, c.Streams, connectSec)
@@ -731,7 +744,7 @@ func (g *gen) run() map[string]any {
 		pubEnd = burstEnd
 	}
 
-	warn = append(warn, g.stopStreams(streams, &doneWG)...)
+	warn = append(warn, g.stopStreams(streams, &op.done)...)
 	select {
 	case <-pubDone:
 	default:

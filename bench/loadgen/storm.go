@@ -18,7 +18,6 @@ import (
 	"math"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -184,19 +183,8 @@ func (g *gen) runStorm() map[string]any {
 	cpuServer0 := cpuSeconds(c.ServerPID)
 	cpuAux0 := cpuSeconds(c.AuxPID)
 	cpuSelf0 := selfCPUSeconds()
-	sem := make(chan struct{}, c.DialConc)
-	var openedWG, doneWG sync.WaitGroup
-	var lastOpen int64
-	t0 := time.Now()
-	openDeadline := t0.Add(c.ConnectTimeout)
-	for _, s := range streams {
-		openedWG.Add(1)
-		doneWG.Add(1)
-		go func(s *stream) {
-			defer doneWG.Done()
-			g.runStream(s, sem, &openedWG, openDeadline, &lastOpen)
-		}(s)
-	}
+	op := g.openStreams(streams)
+	t0 := op.t0
 
 	// 3. The probe: single POSTs during the storm, until every stream has resumed.
 	probe := &publisher{g: g, client: newClient(1), url: pubURL, ok: make([]bool, pre+probes), noPad: true}
@@ -251,7 +239,7 @@ func (g *gen) runStorm() map[string]any {
 	cpuAux := cpuSeconds(c.AuxPID) - cpuAux0
 	cpuSelf := selfCPUSeconds() - cpuSelf0
 	<-probeDone
-	openedWG.Wait()
+	op.opened.Wait()
 	opened := 0
 	for _, s := range streams {
 		if s.opened {
@@ -282,7 +270,7 @@ func (g *gen) runStorm() map[string]any {
 	g.phase("done")
 	rssPeak := stopSampling()
 	rssEnd := rssKB(c.ServerPID)
-	warn = append(warn, g.stopStreams(streams, &doneWG)...)
+	warn = append(warn, g.stopStreams(streams, &op.done)...)
 
 	// Analyse.
 	missing, missingLive, dups, outOfOrder, other, gaps, reconnects, unexpected := 0, 0, 0, 0, 0, 0, 0, 0
@@ -356,7 +344,7 @@ func (g *gen) runStorm() map[string]any {
 		}
 	}
 	connectSec := 0.0
-	if lastOpen > 0 {
+	if lastOpen := atomic.LoadInt64(&op.lastOpen); lastOpen > 0 {
 		connectSec = float64(lastOpen-t0.UnixNano()) / 1e9
 	}
 	stormWall := stormEnd.Sub(t0).Seconds()

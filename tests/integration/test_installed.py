@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import EVENT_ID_RE, HubServer, HubStream
-from .test_wrong_servers import ProcessServer, clean_env
+from .test_wrong_servers import ProcessServer, clean_env, shut_down_at_the_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -155,11 +155,8 @@ def serve(
             server.launch()
         return server
 
-    try:
+    with shut_down_at_the_end(servers):
         yield start
-    finally:
-        for server in servers:
-            server.shutdown()
 
 
 def wait_exit_after_sigterm(server: HubServer, *streams: HubStream) -> float:

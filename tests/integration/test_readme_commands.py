@@ -33,7 +33,7 @@ from tests.support.sse_parser import Event, EventStreamParser
 from tests.unit.test_readme import readme_block
 
 from .conftest import HOST, HubServer, wait_until
-from .test_wrong_servers import ProcessServer, clean_env
+from .test_wrong_servers import ProcessServer, clean_env, shut_down_at_the_end
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -65,11 +65,8 @@ def serve(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Callable[...
         server.start()
         return server
 
-    try:
+    with shut_down_at_the_end(servers):
         yield start
-    finally:
-        for server in servers:
-            server.shutdown()
 
 
 def read_events_until(

@@ -21,6 +21,7 @@ by ``test_installed.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -118,8 +119,15 @@ def serve(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Callable[...
         server.start()
         return server
 
-    try:
+    with shut_down_at_the_end(servers):
         yield start
+
+
+@contextlib.contextmanager
+def shut_down_at_the_end(servers: list[ProcessServer]) -> Iterator[None]:
+    """Shut every server in ``servers`` down when the block ends, however it ends."""
+    try:
+        yield
     finally:
         for server in servers:
             server.shutdown()
