@@ -295,3 +295,17 @@ def test_publish_token_alone_keeps_its_old_behaviour(make_hub_app: Callable[...,
     refused(publish(app, {"data": 1}, bearer(mint({"publish": ["*"]}))), 401)
     assert publish(app, {"data": 1}, bearer(PUBLISH_TOKEN)).status_code == 202
     open_stream(app, "?channel=default").close()  # subscribing needs no token
+
+
+def test_the_memory_backend_in_a_multi_process_server_answers_500_naming_redis(
+    make_hub_app: Callable[..., Flask],
+) -> None:
+    """Several processes would each see only their own subscribers: refused, saying what to set."""
+    client = make_hub_app().test_client()
+    for answer in (  # wsgi.multiprocess, as gunicorn -w 2 sets it
+        client.post("/publish", json={"data": 1}, multiprocess=True),
+        client.get("/stream?channel=a", multiprocess=True),
+    ):
+        assert answer.status_code == 500
+        assert "SSE_REDIS_URL" in answer.get_json()["error"]
+    assert client.post("/publish", json={"data": 1}).status_code == 202  # one process: fine
