@@ -12,26 +12,22 @@ every channel). ``exp`` is required: a stream does not outlive its token
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 from flask import Request, Response
 
 from .config import HubConfig
-from .errors import ConfigError, Forbidden, Unauthorized
+from .errors import Forbidden, Unauthorized
+from .wire import GRANT_PATTERN
 
 #: Clock skew tolerated between the service minting tokens and the hub.
 LEEWAY_SECONDS = 10
-#: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
-MIN_SECRET_BYTES = 32
 #: Year 10000: later expiries are treated as this one.
 MAX_EXP = 253402300800
-_GRANT = re.compile(r"\*|[A-Za-z0-9_\-.:/]{1,128}\*?")
 
 
 def _matches(patterns: tuple[str, ...], channel: str) -> bool:
@@ -79,15 +75,10 @@ class TokenVerifier:
     def __init__(self, config: HubConfig) -> None:
         self._keys: dict[str, Any] = {}
         if config.jwt_secret is not None:
-            if len(config.jwt_secret.encode()) < MIN_SECRET_BYTES:
-                raise ConfigError(
-                    f"SSE_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2); "
-                    "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-                )
             self._keys["HS256"] = config.jwt_secret
         if config.jwt_public_key is not None:
-            key, algorithms = _load_public_key(config.jwt_public_key)
-            self._keys.update(dict.fromkeys(algorithms, key))
+            public = config.jwt_public_key
+            self._keys.update(dict.fromkeys(public.algorithms, public.key))
         self._audience = config.jwt_audience
         self._issuer = config.jwt_issuer
 
@@ -130,7 +121,7 @@ def _grants_from_claims(claims: dict[str, Any]) -> Grants:
     for action in ("subscribe", "publish"):
         entries = sse.get(action, [])
         if not isinstance(entries, list) or not all(
-            isinstance(entry, str) and _GRANT.fullmatch(entry) for entry in entries
+            isinstance(entry, str) and GRANT_PATTERN.fullmatch(entry) for entry in entries
         ):
             raise Unauthorized(
                 f"invalid token: claim 'sse.{action}' must be a list of channel names "
@@ -157,7 +148,7 @@ def mint_token(
     grants = {"subscribe": list(subscribe), "publish": list(publish)}
     for action, entries in grants.items():
         for entry in entries:
-            if not isinstance(entry, str) or not _GRANT.fullmatch(entry):
+            if not isinstance(entry, str) or not GRANT_PATTERN.fullmatch(entry):
                 raise ValueError(
                     f"{action}: {entry!r} is neither a channel name nor a prefix ending in '*'"
                 )
@@ -168,38 +159,6 @@ def mint_token(
         if value is not None:
             claims[claim] = value
     return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _load_public_key(value: str) -> tuple[Any, tuple[str, ...]]:
-    """A PEM public key (the text, or the path of a file holding it) and its algorithms."""
-    pem = value if value.lstrip().startswith("-----BEGIN") else _read_key_file(value)
-    try:
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-    except ImportError:
-        raise ConfigError(
-            "SSE_JWT_PUBLIC_KEY needs the cryptography package: pip install 'flask-sse-hub[rsa]'"
-        ) from None
-    try:
-        key = load_pem_public_key(pem.encode())
-    except ValueError as exc:
-        raise ConfigError(f"SSE_JWT_PUBLIC_KEY is not a PEM public key: {exc}") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        return key, ("RS256", "RS384", "RS512")
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return key, ("ES256", "ES384", "ES512")
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return key, ("EdDSA",)
-    raise ConfigError(f"SSE_JWT_PUBLIC_KEY: unsupported key type {type(key).__name__}")
-
-
-def _read_key_file(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"SSE_JWT_PUBLIC_KEY is neither PEM text nor a readable PEM file: {exc}"
-        ) from None
 
 
 def request_token(request: Request, cookie: str | None = None, *, query: bool = False) -> (
@@ -249,7 +208,7 @@ class CorsPolicy:
         self._origins = frozenset(origins)
 
     def apply(self, request: Request, response: Response) -> Response:
-        """Add the CORS headers ``request`` earns to ``response``."""
+        """Add the CORS headers ``request`` earns to ``response`` (twice changes nothing)."""
         if not self._any:
             response.vary.add("Origin")
         origin = request.headers.get("Origin")

@@ -28,10 +28,10 @@ from .sockets import (
 )
 from .stream import Stream
 from .wire import (
-    EVENT_FIELDS,
     HEARTBEAT,
     encode_ping,
     encode_preamble,
+    events_from_items,
     make_event,
     validate_channel,
 )
@@ -114,23 +114,13 @@ class Hub:
 
         Each item has the fields of ``POST /publish``: ``data`` (required),
         ``channel``, ``event``, ``retry``. Every event is validated before any
-        is published: one bad item publishes nothing. With Redis a batch larger
+        is published: one bad item publishes nothing (``InvalidData`` naming
+        it, or the error its field gives). With Redis a batch larger
         than the history is refused whole (``BatchTooLarge``).
         """
         if has_request_context():
             self.check_server(request.environ)
-        events = []
-        for index, item in enumerate(items):
-            unknown = set(item) - EVENT_FIELDS
-            if unknown or "data" not in item:
-                raise TypeError(
-                    f"items[{index}]: an event is a mapping with 'data' and optionally "
-                    f"'channel', 'event', 'retry' (got {sorted(item)})"
-                )
-            events.append(make_event(
-                item["data"], channel=item.get("channel", "default"), event=item.get("event"),
-                retry=item.get("retry"), max_bytes=self.config.max_event_bytes,
-            ))
+        events = events_from_items(items, max_bytes=self.config.max_event_bytes)
         return self.broker.publish(events) if events else []
 
 

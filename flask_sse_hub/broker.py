@@ -102,7 +102,7 @@ class Subscription:
     """
 
     __slots__ = (
-        "abort", "channels", "client", "closed", "delivered", "dequeued", "enqueued", "queue",
+        "abort", "channels", "client", "delivered", "dequeued", "end_reason", "enqueued", "queue",
     )
 
     def __init__(self, channels: Sequence[str], client: str | None = None) -> None:
@@ -114,7 +114,7 @@ class Subscription:
         self.dequeued = 0
         self.delivered = 0
         #: Why the hub ended this stream ("slow", "shutdown"), or None.
-        self.closed: str | None = None
+        self.end_reason: str | None = None
         #: Set by the stream when the server exposes its socket: cuts a client
         #: that no longer reads, so a write blocked on it returns at once.
         self.abort: Callable[[], None] | None = None
@@ -126,7 +126,7 @@ class Subscription:
 
     def close(self, reason: str, *, release: bool) -> None:
         """Make the stream end; ``release`` first drops what is queued (freeing it)."""
-        self.closed = reason
+        self.end_reason = reason
         if release:
             try:
                 while True:
@@ -179,7 +179,7 @@ class Backend(ABC):
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
         """The retained events of ``channels`` after ``last_id``, up to ``upto`` included."""
 
-    def is_ahead(self, event_id: str, position: str | None) -> bool:
+    def published_not_broadcast(self, event_id: str, position: str | None) -> bool:
         """True when ``event_id`` was published but not yet fanned out here (may do I/O).
 
         A client may resume from an id that ``publish()`` just returned, or that
@@ -189,7 +189,7 @@ class Backend(ABC):
         """
         return False
 
-    def is_beyond(self, event_id: str, position: str | None) -> bool:
+    def comes_after(self, event_id: str, position: str | None) -> bool:
         """True when ``event_id`` comes after ``position`` (a comparison, no I/O)."""
         return False
 
@@ -231,7 +231,7 @@ class Broker:
         self._channels: dict[str, set[Subscription]] = {}
         self._position: str | None = None
         # Notified when the position advances, only while someone waits (see
-        # Backend.is_ahead): Condition.notify checks ownership with a failing
+        # Backend.published_not_broadcast): Condition.notify checks ownership with a failing
         # non-blocking acquire, which under gevent yields while holding the lock.
         self._advanced = threading.Condition(self._lock)
         self._waiting = 0
@@ -266,12 +266,12 @@ class Broker:
         self._check_capacity()
         self._ensure_started()
         self.backend.wait_ready(timeout=3.0)
-        if last_id is not None and self.backend.is_ahead(last_id, self._position):
+        if last_id is not None and self.backend.published_not_broadcast(last_id, self._position):
             with self._lock:
                 self._waiting += 1
                 try:
                     self._advanced.wait_for(
-                        lambda: not self.backend.is_beyond(last_id, self._position), timeout=3.0
+                        lambda: not self.backend.comes_after(last_id, self._position), timeout=3.0
                     )
                 finally:
                     self._waiting -= 1
@@ -411,7 +411,7 @@ class Broker:
         sub.queue.put_nowait(item)
 
     def _drop_slow(self, sub: Subscription) -> None:
-        if sub.closed is not None:
+        if sub.end_reason is not None:
             return
         with self._lock:
             self.dropped_slow += 1

@@ -4,8 +4,11 @@ and the documented reference all come from it.
 
 A Flask app sets them in ``app.config``; the standalone hub also reads each
 from the environment variable of the same name (:func:`from_environ`).
-Settings of scope ``standalone`` are read by the standalone hub's routes only
-(``POST /publish``, ``/stats``); a library app may leave them unset.
+Settings of scope ``hub`` make a :class:`HubConfig` (every app's hub);
+settings of scope ``standalone`` make a :class:`ServerConfig`, read by the
+standalone hub's own routes (``POST /publish``, its proxies) and never put
+into a library app's config. Every check of a value is here, raising
+:class:`~flask_sse_hub.errors.ConfigError` naming the key.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ConfigError
+from .wire import validate_event_type
 
 log = logging.getLogger("flask_sse_hub")
 
+#: The shortest HS256 secret accepted: RFC 7518 section 3.2 asks for a key of the hash's size.
+MIN_SECRET_BYTES = 32
 
 
 def _positive_int(key: str, value: Any) -> int:
@@ -145,11 +152,67 @@ def _master_name(key: str, value: Any) -> str:
 
 
 def _event_type(key: str, value: Any) -> str | None:
-    """An event type for ``SSE_PING_EVENT``: no CR, LF or NUL, at most 128 characters."""
+    """An event type for ``SSE_PING_EVENT``: what ``publish(event=...)`` accepts too."""
     text = _optional_str(key, value)
-    if text is not None and (re.search(r"[\r\n\x00]", text) or len(text) > 128):
-        raise ConfigError(f"{key} must be an event type without CR, LF or NUL, got {value!r}")
-    return text
+    if text is None:
+        return None
+    try:
+        return validate_event_type(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _jwt_secret(key: str, value: Any) -> str | None:
+    secret = _optional_str(key, value)
+    if secret is not None and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{key} must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 §3.2); "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return secret
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A loaded ``SSE_JWT_PUBLIC_KEY`` and the JWT algorithms it verifies."""
+
+    key: Any
+    algorithms: tuple[str, ...]
+
+
+def _public_key(key: str, value: Any) -> PublicKey | None:
+    """A PEM public key: the text, or the path of a file holding it."""
+    if isinstance(value, PublicKey):
+        return value
+    text = _optional_str(key, value)
+    if text is None:
+        return None
+    pem = text if text.lstrip().startswith("-----BEGIN") else _read_key_file(key, text)
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise ConfigError(
+            f"{key} needs the cryptography package: pip install 'flask-sse-hub[rsa]'"
+        ) from None
+    try:
+        loaded = load_pem_public_key(pem.encode())
+    except ValueError as exc:
+        raise ConfigError(f"{key} is not a PEM public key: {exc}") from None
+    if isinstance(loaded, rsa.RSAPublicKey):
+        return PublicKey(loaded, ("RS256", "RS384", "RS512"))
+    if isinstance(loaded, ec.EllipticCurvePublicKey):
+        return PublicKey(loaded, ("ES256", "ES384", "ES512"))
+    if isinstance(loaded, ed25519.Ed25519PublicKey):
+        return PublicKey(loaded, ("EdDSA",))
+    raise ConfigError(f"{key}: unsupported key type {type(loaded).__name__}")
+
+
+def _read_key_file(key: str, path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key} is neither PEM text nor a readable PEM file: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -197,9 +260,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SSE_CORS_ORIGINS", None, _origins,
             "origins whose pages may subscribe and publish",
             show=lambda origins: ",".join(origins)),
-    Setting("SSE_JWT_SECRET", None, _optional_str,
+    Setting("SSE_JWT_SECRET", None, _jwt_secret,
             "HS256 key: subscribers and publishers need a JWT", secret=True),
-    Setting("SSE_JWT_PUBLIC_KEY", None, _optional_str,
+    Setting("SSE_JWT_PUBLIC_KEY", None, _public_key,
             "PEM public key (or its file's path) for RS/ES/EdDSA tokens",
             show=lambda _key: "(set)"),
     Setting("SSE_JWT_AUDIENCE", None, _optional_str, "required `aud` of tokens"),
@@ -229,8 +292,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SSE_PUBLISH_BODY_SECONDS", 10.0, _positive_float,
             "a `POST /publish` body must arrive within this (408)", scope="standalone"),
     Setting("SSE_STATS_TOKEN", None, _optional_str,
-            "bearer token for `/stats` from clients that are not on loopback",
-            secret=True, scope="standalone"),
+            "bearer token for `/stats`, `/metrics`, `/presence` from clients not on loopback",
+            secret=True),
 )
 
 #: Every setting's default, by key.
@@ -252,51 +315,79 @@ class HubConfig:
     max_channels: int
     ping_event: str | None
     max_connection_seconds: float | None
-    publish_token: str | None
-    max_publish_bytes: int
     cors_origins: tuple[str, ...]
     jwt_secret: str | None
-    jwt_public_key: str | None
+    jwt_public_key: PublicKey | None
     jwt_audience: str | None
     jwt_issuer: str | None
     jwt_cookie: str
     max_connections_per_ip: int | None
-    proxy_hops: int
     redis_timeout: float
     redis_sentinels: tuple[tuple[str, int], ...]
     redis_sentinel_master: str
     redis_min_replicas: int
     max_streams: int | None
     dead_client_seconds: float
-    max_batch: int
-    publish_body_seconds: float
     stats_token: str | None
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> HubConfig:
         """Read the ``SSE_*`` keys of ``config`` (a Flask config), defaults for missing ones."""
-        return cls(**{
-            setting.field: setting.parse(setting.key, config.get(setting.key, setting.default))
-            for setting in SETTINGS
-        })
+        return cls(**_parsed(config, "hub"))
 
     def summary(self) -> str:
         """One log line of the settings, with secrets masked."""
-        shown = []
-        for setting in SETTINGS:
-            value = getattr(self, setting.field)
-            if value in (None, (), ""):
-                text = "None"
-            elif setting.secret:
-                text = "***"
-            else:
-                text = setting.show(value) if setting.show is not None else str(value)
-            shown.append(f"{setting.key}={text}")
-        return " ".join(shown)
+        return _summary(self, "hub")
 
 
-if {field.name for field in fields(HubConfig)} != {setting.field for setting in SETTINGS}:
-    raise RuntimeError("HubConfig's fields and SETTINGS differ")  # caught by every test run
+@dataclass(frozen=True)
+class ServerConfig:
+    """The standalone hub's own settings (scope ``standalone``), parsed and range-checked."""
+
+    publish_token: str | None
+    max_publish_bytes: int
+    proxy_hops: int
+    max_batch: int
+    publish_body_seconds: float
+
+    @classmethod
+    def from_mapping(cls, config: Mapping[str, Any]) -> ServerConfig:
+        """Read the standalone ``SSE_*`` keys of ``config``, defaults for missing ones."""
+        return cls(**_parsed(config, "standalone"))
+
+    def summary(self) -> str:
+        """One log line of the settings, with secrets masked."""
+        return _summary(self, "standalone")
+
+
+def _parsed(config: Mapping[str, Any], scope: str) -> dict[str, Any]:
+    return {
+        setting.field: setting.parse(setting.key, config.get(setting.key, setting.default))
+        for setting in SETTINGS if setting.scope == scope
+    }
+
+
+def _summary(parsed: HubConfig | ServerConfig, scope: str) -> str:
+    shown = []
+    for setting in SETTINGS:
+        if setting.scope != scope:
+            continue
+        value = getattr(parsed, setting.field)
+        if value in (None, (), ""):
+            text = "None"
+        elif setting.secret:
+            text = "***"
+        else:
+            text = setting.show(value) if setting.show is not None else str(value)
+        shown.append(f"{setting.key}={text}")
+    return " ".join(shown)
+
+
+for _class, _scope in ((HubConfig, "hub"), (ServerConfig, "standalone")):
+    if {field.name for field in fields(_class)} != {
+        setting.field for setting in SETTINGS if setting.scope == _scope
+    }:  # caught by every test run
+        raise RuntimeError(f"{_class.__name__}'s fields and the {_scope} SETTINGS differ")
 
 
 def _mask_url(url: str) -> str:
@@ -330,10 +421,11 @@ def warn_unknown_keys(config: Mapping[str, Any]) -> list[str]:
     return unknown
 
 
-def set_defaults(config: MutableMapping[str, Any]) -> None:
-    """Give ``config`` every ``SSE_*`` key it does not have yet."""
-    for key, value in DEFAULTS.items():
-        config.setdefault(key, value)
+def set_defaults(config: MutableMapping[str, Any], scope: str = "hub") -> None:
+    """Give ``config`` every ``SSE_*`` key of ``scope`` it does not have yet."""
+    for setting in SETTINGS:
+        if setting.scope == scope:
+            config.setdefault(setting.key, setting.default)
 
 
 def from_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:

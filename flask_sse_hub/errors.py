@@ -107,5 +107,17 @@ class WrongServer(HubError):
     status = 500
 
 
+class RequestRefused(HubError):
+    """An HTTP request to the standalone hub that is malformed or not allowed.
+
+    ``status`` says which (400, 403, 408, 413, 415); the reason is the JSON ``error``.
+    """
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = headers or {}
+
+
 class ConfigError(HubError, ValueError):
     """An ``SSE_*`` setting has a value of the wrong type or range."""

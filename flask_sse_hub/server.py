@@ -16,29 +16,20 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import sse
 from .auth import Grants, request_token
 from .blueprint import Hub, error_response
-from .config import from_environ
-from .errors import Forbidden, HubError, Unauthorized
+from .config import ServerConfig, from_environ, set_defaults
+from .errors import Forbidden, HubError, RequestRefused, Unauthorized
 from .sockets import end_of_requests, gevent_patched, stream_socket
-from .wire import EVENT_FIELDS, Event, make_event
+from .wire import Event, events_from_items
 
 log = logging.getLogger("flask_sse_hub")
 
-
-
-class PublishRefused(HubError):
-    """A ``POST /publish`` that is malformed or not allowed; ``status`` says which."""
-
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.headers = headers or {}
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -53,10 +44,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _use_gunicorn_logging()
     app.register_blueprint(sse, url_prefix="/stream")
     hub = sse.hub(app)
-    hops = hub.config.proxy_hops
-    if hops:
+    set_defaults(app.config, "standalone")
+    server = ServerConfig.from_mapping(app.config)
+    log.info("standalone hub: %s", server.summary())
+    if server.proxy_hops:
         # Behind that many reverse proxies: the client's address (per-IP
         # limit, logs), scheme, host and path prefix come from X-Forwarded-*.
+        hops = server.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops,
         )
@@ -64,7 +58,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     @app.errorhandler(HubError)
     def hub_error(exc: HubError) -> Response:
         if exc.status in (401, 403, 408):
-            what = request.endpoint if request.endpoint == "publish" else request.path
+            what = "publish" if request.endpoint == "hub.publish" else request.path
             hub.warnings.warn(
                 f"refused {what} {exc.status}", "refused %s from %s: %s",
                 what, request.remote_addr, exc,
@@ -82,21 +76,25 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         return response
 
     if hub.cors is not None:
-        cors = hub.cors
+        # Every answer, 404 and 405 included; the stream's get the same
+        # headers from the blueprint too (applying a policy twice changes nothing).
+        app.after_request(functools.partial(_with_cors, hub))
+    app.register_blueprint(_routes(hub, server))
+    return app
 
-        @app.after_request
-        def add_cors_headers(response: Response) -> Response:
-            # The stream's answers get theirs from the blueprint.
-            return response if request.blueprint == sse.name else cors.apply(request, response)
 
-    @app.post("/publish")
+def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
+    """The standalone hub's own routes (the stream is the ``sse`` blueprint's)."""
+    routes = Blueprint("hub", __name__)
+
+    @routes.post("/publish")
     def publish() -> tuple[Response, int]:
         hub.check_server(request.environ)
         # Credentials first: nobody without them gets the hub to read a body.
-        grants = _check_publisher(hub)
+        grants = _check_publisher(hub, server.publish_token)
         if grants is not None and not grants.publish:
             raise Forbidden("token grants no publishing")
-        events, batch = _parse_publish_body(hub)
+        events, batch = _parse_publish_body(hub, server)
         if grants is not None:
             grants.check_publish({event.channel for event in events})
         ids = hub.broker.publish(events)
@@ -105,14 +103,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         answer = json.dumps({"ids": ids} if batch else {"id": ids[0]})
         return Response(answer, mimetype="application/json"), 202
 
-    @app.get("/")
+    @routes.get("/")
     def demo() -> str:
         return render_template(
             "index.html",
-            token_required=hub.config.publish_token is not None or hub.verifier is not None,
+            token_required=server.publish_token is not None or hub.verifier is not None,
         )
 
-    @app.get("/healthz")
+    @routes.get("/healthz")
     def healthz() -> tuple[Response, int]:
         healthy = hub.broker.backend.healthy()
         return jsonify(
@@ -121,22 +119,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             subscribers=hub.broker.connections,
         ), 200 if healthy else 503
 
-    @app.get("/stats")
+    @routes.get("/stats")
     def stats() -> Response:
         _check_operator(hub)
         return jsonify(hub.broker.stats())
 
-    return app
+    return routes
 
 
-def _check_publisher(hub: Hub) -> Grants | None:
+def _with_cors(hub: Hub, response: Response) -> Response:
+    assert hub.cors is not None
+    return hub.cors.apply(request, response)
+
+
+def _check_publisher(hub: Hub, secret: str | None) -> Grants | None:
     """Who is publishing: ``None`` may publish anywhere, else the channels its token grants.
 
     ``SSE_PUBLISH_TOKEN`` (compared in constant time) grants every channel; a
     JWT (``SSE_JWT_*``) the channels of its ``sse.publish`` claim. With neither
     set, only loopback clients may publish.
     """
-    secret = hub.config.publish_token
     if secret is not None or hub.verifier is not None:
         token = request_token(request)
         if token is not None and secret is not None and hmac.compare_digest(
@@ -150,13 +152,13 @@ def _check_publisher(hub: Hub) -> Grants | None:
             )
         return hub.verifier.grants(token)
     if not _is_local_request():
-        raise PublishRefused(
+        raise RequestRefused(
             403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
         )
     if not _is_loopback_host(request.host):
         # A page on a DNS name that rebinds to 127.0.0.1 reaches us from loopback
         # too, but its requests name its own host.
-        raise PublishRefused(
+        raise RequestRefused(
             403, f"anonymous publish needs a loopback Host (localhost, 127.x.y.z, [::1]), "
             f"not {request.host!r}; set SSE_PUBLISH_TOKEN",
         )
@@ -184,7 +186,7 @@ def _check_operator(hub: Hub) -> None:
     secret = hub.config.stats_token
     if secret is None:
         if not _is_local_request():
-            raise PublishRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
+            raise RequestRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
         return
     token = request_token(request)
     if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
@@ -208,17 +210,17 @@ def _is_loopback(address: str | None) -> bool:
         return False
 
 
-def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
+def _parse_publish_body(hub: Hub, server: ServerConfig) -> tuple[list[Event], bool]:
     """The events of a ``POST /publish`` body, all validated, and whether it was a batch."""
     if not request.is_json:
-        raise PublishRefused(415, "send the event as JSON (Content-Type: application/json)")
-    limit = hub.config.max_publish_bytes
-    too_large = PublishRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
+        raise RequestRefused(415, "send the event as JSON (Content-Type: application/json)")
+    limit = server.max_publish_bytes
+    too_large = RequestRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
     # One byte over the limit is read so that a chunked body (no Content-Length),
     # which Werkzeug cuts at the limit without a word, is seen to be too large.
     request.max_content_length = limit + 1
     try:
-        raw = _read_body(hub.config.publish_body_seconds)
+        raw = _read_body(server.publish_body_seconds)
     except RequestEntityTooLarge:
         raise too_large from None
     if len(raw) > limit:
@@ -226,24 +228,20 @@ def _parse_publish_body(hub: Hub) -> tuple[list[Event], bool]:
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise PublishRefused(400, f"body is not valid JSON: {exc}") from None
+        raise RequestRefused(400, f"body is not valid JSON: {exc}") from None
     items = payload if isinstance(payload, list) else [payload]
     if not items:
-        raise PublishRefused(400, "empty batch")
-    if len(items) > hub.config.max_batch:
-        raise PublishRefused(
-            413, f"a batch of {len(items)} events, at most {hub.config.max_batch} (SSE_MAX_BATCH)"
+        raise RequestRefused(400, "empty batch")
+    if len(items) > server.max_batch:
+        raise RequestRefused(
+            413, f"a batch of {len(items)} events, at most {server.max_batch} (SSE_MAX_BATCH)"
         )
-    events = []
-    for index, item in enumerate(items):
-        where = f"events[{index}]: " if isinstance(payload, list) else ""
-        try:
-            events.append(_event_from_json(item, hub))
-        except HubError as exc:
-            raise PublishRefused(exc.status, where + str(exc)) from None
-        except TypeError as exc:
-            raise PublishRefused(400, where + str(exc)) from None
-    return events, isinstance(payload, list)
+    batch = isinstance(payload, list)
+    try:
+        events = events_from_items(items, max_bytes=hub.config.max_event_bytes, numbered=batch)
+    except TypeError as exc:  # JSON data always encodes; kept for the type's sake
+        raise RequestRefused(400, str(exc)) from None
+    return events, batch
 
 
 def _read_body(seconds: float) -> bytes:
@@ -253,7 +251,7 @@ def _read_body(seconds: float) -> bytes:
     trickle in; elsewhere the socket's timeout bounds each wait for more.
     A body cut short leaves the connection unusable: it is closed after the answer.
     """
-    late = PublishRefused(408, f"the body did not arrive within {seconds:g} s "
+    late = RequestRefused(408, f"the body did not arrive within {seconds:g} s "
                                "(SSE_PUBLISH_BODY_SECONDS)")
     sock = stream_socket(request.environ)
     try:
@@ -265,33 +263,12 @@ def _read_body(seconds: float) -> bytes:
         if sock is not None:
             sock.settimeout(seconds)
         return request.get_data(cache=True)
-    except (TimeoutError, PublishRefused):
+    except (TimeoutError, RequestRefused):
         end_of_requests(sock)
         raise late from None
     finally:
         if sock is not None and not gevent_patched():
             sock.settimeout(None)
-
-
-def _event_from_json(item: Any, hub: Hub) -> Event:
-    if not isinstance(item, dict):
-        raise PublishRefused(400, "an event must be a JSON object")
-    unknown = set(item) - EVENT_FIELDS
-    if unknown:
-        raise PublishRefused(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-    if "data" not in item:
-        raise PublishRefused(400, "missing field 'data'")
-    retry = item.get("retry")
-    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int)):
-        raise PublishRefused(400, "'retry' must be an integer number of milliseconds")
-    event = item.get("event")
-    return make_event(
-        item["data"],
-        channel=item.get("channel", "default"),
-        event=event,
-        retry=retry,
-        max_bytes=hub.config.max_event_bytes,
-    )
 
 
 def _use_gunicorn_logging() -> None:

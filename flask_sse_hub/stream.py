@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .broker import Replay, ReplayInterrupted, Subscription, join_chunks
+from .broker import CLOSE, Replay, ReplayInterrupted, Subscription, join_chunks
 from .sockets import end_of_requests, forget_error
 from .wire import encode_gap, encode_position
 
@@ -103,14 +103,14 @@ class Stream:
         except ReplayInterrupted as exc:
             # Its client resumes from the last event it got: nothing is lost.
             log.warning("ending a stream during its replay: %s", exc)
-            sub.closed = "replay"
+            sub.end_reason = "replay"
         self._replay = Replay()  # what is written is not kept
 
     def _live(self) -> Iterator[bytes]:
         """Live chunks and heartbeats until the stream ends; then the connection closes."""
         sub = self._sub
         interval = self._hub.config.heartbeat_seconds
-        while sub.closed is None:
+        while sub.end_reason is None:
             timeout = interval
             if self._deadline is not None:
                 timeout = min(self._deadline - time.monotonic(), interval)
@@ -122,7 +122,7 @@ class Stream:
                 if self._deadline is None or time.monotonic() < self._deadline:
                     yield self._hub.heartbeat
                 continue
-            if item is None or sub.closed is not None:
+            if item is CLOSE or sub.end_reason is not None:
                 break
             chunk, count = item
             if sub.enqueued - sub.dequeued > count:
@@ -142,8 +142,8 @@ class Stream:
                 more = sub.queue.get_nowait()
             except queue.Empty:
                 break
-            if more is None:
-                sub.closed = sub.closed or "closed"
+            if more is CLOSE:
+                sub.end_reason = sub.end_reason or "closed"
                 break
             parts.append(more[0])
             count += more[1]

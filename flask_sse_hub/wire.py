@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EventTooLarge, InvalidChannel, InvalidData, InvalidEventType
+from .errors import EventTooLarge, HubError, InvalidChannel, InvalidData, InvalidEventType
 
-CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9_\-.:/]{1,128}")
+_CHANNEL = r"[A-Za-z0-9_\-.:/]{1,128}"
+CHANNEL_PATTERN = re.compile(_CHANNEL)
+#: What a token may grant: a channel, a channel prefix ending in ``*``, or ``*`` (all).
+GRANT_PATTERN = re.compile(rf"\*|{_CHANNEL}\*?")
 # Ids are short and CORS-safelisted, so a browser's cross-origin reconnect (which sends
 # Last-Event-ID) needs no preflight: docs/protocol.md#id-shape.
 EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9._\-]{1,64}")
@@ -152,6 +156,35 @@ def make_event(
     return Event(channel=channel, body=body)
 
 
+def events_from_items(
+    items: Iterable[object], *, max_bytes: int, numbered: bool = True,
+) -> list[Event]:
+    """Validate and encode a batch: items with the fields of ``POST /publish``.
+
+    Each item is a mapping with ``data`` (required), ``channel``, ``event``,
+    ``retry``. Every item is checked before anything is published; an error
+    names the bad item's index (``numbered``) and keeps its type.
+    """
+    events = []
+    for index, item in enumerate(items):
+        where = f"events[{index}]: " if numbered else ""
+        if not isinstance(item, Mapping):
+            raise InvalidData(f"{where}an event must be a JSON object, not {type(item).__name__}")
+        unknown = set(item) - EVENT_FIELDS
+        if unknown:
+            raise InvalidData(f"{where}unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+        if "data" not in item:
+            raise InvalidData(f"{where}missing field 'data'")
+        try:
+            events.append(make_event(
+                item["data"], channel=item.get("channel", "default"), event=item.get("event"),
+                retry=item.get("retry"), max_bytes=max_bytes,
+            ))
+        except (HubError, TypeError) as exc:
+            raise type(exc)(where + str(exc)) from None
+    return events
+
+
 def frame(event_id: str, body: bytes) -> bytes:
     """The complete bytes of an event: its ``id:`` line, then its body."""
     return b"id: " + event_id.encode("ascii") + b"\n" + body
@@ -178,8 +211,6 @@ def encode_ping(event_type: str) -> bytes:
     The empty ``data:`` line is needed: a client dispatches nothing when the
     data buffer is empty.
     """
-    if _FORBIDDEN_IN_TYPE.search(event_type) or not event_type:
-        raise InvalidEventType(f"SSE_PING_EVENT {_preview(event_type)} is not a valid event type")
     return f"event: {event_type}\ndata: \n\n".encode()
 
 

@@ -20,6 +20,7 @@ from ..wire import Event, encode_gap, frame
 
 log = logging.getLogger("flask_sse_hub")
 
+#: The inbox's end marker (subscriptions have their own, broker.CLOSE).
 _STOP = None
 
 
@@ -109,11 +110,11 @@ class MemoryBackend(Backend):
             return None
         return int(seq)
 
-    def is_ahead(self, event_id: str, position: str | None) -> bool:
+    def published_not_broadcast(self, event_id: str, position: str | None) -> bool:
         seq = self._sequence_of(event_id)
-        return self.is_beyond(event_id, position) and seq is not None and seq <= self._seq
+        return self.comes_after(event_id, position) and seq is not None and seq <= self._seq
 
-    def is_beyond(self, event_id: str, position: str | None) -> bool:
+    def comes_after(self, event_id: str, position: str | None) -> bool:
         seq = self._sequence_of(event_id)
         return seq is not None and seq > (self._sequence_of(position) or 0)
 

@@ -724,13 +724,13 @@ class RedisBackend(Backend):
         sink.broadcast_gap(self._last_id, position)
         self._last_id = position
 
-    def is_beyond(self, event_id: str, position: str | None) -> bool:
+    def comes_after(self, event_id: str, position: str | None) -> bool:
         return _is_stream_id(event_id) and (
             position is None or _stream_key(event_id) > _stream_key(position)
         )
 
-    def is_ahead(self, event_id: str, position: str | None) -> bool:
-        if not self.is_beyond(event_id, position):
+    def published_not_broadcast(self, event_id: str, position: str | None) -> bool:
+        if not self.comes_after(event_id, position):
             return False
         # Published (by any worker) but not read by this one's broadcaster yet?
         try:
@@ -759,7 +759,7 @@ class RedisBackend(Backend):
         try:
             # Still beyond ``upto`` (the broker waited for it in vain): history
             # and live events would overlap, so this too is reported as a gap.
-            if _is_stream_id(last_id) and not self.is_beyond(last_id, upto):
+            if _is_stream_id(last_id) and not self.comes_after(last_id, upto):
                 page = self._page(channels, last_id, upto)
                 if page.follows(last_id, upto):
                     return Replay(self._pages(page, channels, last_id, upto))

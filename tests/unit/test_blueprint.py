@@ -25,6 +25,7 @@ import flask_sse_hub
 from flask_sse_hub import (
     EventTooLarge,
     InvalidChannel,
+    InvalidData,
     InvalidEventType,
     SSEBlueprint,
 )
@@ -127,7 +128,7 @@ def test_publish_many_publishes_a_batch_in_order_and_a_bad_item_publishes_nothin
             ])
             no_data, unknown_field = {"channel": "a"}, {"data": 2, "colour": "red"}
             for bad in ([{"data": 1}, no_data], [{"data": 1}, unknown_field]):
-                with pytest.raises(TypeError):
+                with pytest.raises(InvalidData, match=r"events\[1\]"):
                     flask_sse_hub.publish_many(bad)
             with pytest.raises(InvalidChannel):
                 flask_sse_hub.sse.publish_many([{"data": 1}, {"data": 2, "channel": "bad name"}])

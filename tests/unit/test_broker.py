@@ -130,7 +130,7 @@ def read_events(
             if len(got) >= at_least:
                 return got
             raise TimeoutError(f"got {len(got)} of {at_least} events") from None
-        assert item is not CLOSE, f"subscription closed unexpectedly ({sub.closed})"
+        assert item is not CLOSE, f"subscription closed unexpectedly ({sub.end_reason})"
         chunk, count = item
         sub.dequeued += count
         events = parser.feed(chunk)
@@ -467,7 +467,7 @@ def test_slow_subscriber_is_dropped_and_broadcaster_never_blocks(
     for stalled in (slow, slow_multi):
         assert stalled.queue.get(timeout=WAIT) is CLOSE
         assert stalled.queue.empty(), "a dropped subscriber's queue still holds events"
-        assert stalled.closed == "slow"
+        assert stalled.end_reason == "slow"
     stats = broker.stats()
     assert stats["subscribers_dropped_slow"] == 2
     assert stats["subscribers"] == len(keeping_up)
@@ -555,13 +555,13 @@ def test_resume_with_an_id_published_but_not_yet_fanned_out_is_not_a_gap(
         real_fan_out(batch)
 
     broker.fan_out = lagging_fan_out  # type: ignore[method-assign]
-    real_is_ahead = broker.backend.is_ahead
+    real_check = broker.backend.published_not_broadcast
 
-    def is_ahead_then_go(event_id: str, position: str | None) -> bool:
+    def wait_then_go(event_id: str, position: str | None) -> bool:
         go.set()  # the subscriber is in: let the broadcaster catch up with it now
-        return real_is_ahead(event_id, position)
+        return real_check(event_id, position)
 
-    broker.backend.is_ahead = is_ahead_then_go  # type: ignore[method-assign]
+    broker.backend.published_not_broadcast = wait_then_go  # type: ignore[method-assign]
     fallback = threading.Timer(2.0, go.set)  # whatever subscribe() does, nothing hangs
     fallback.start()
     try:
@@ -730,7 +730,7 @@ def test_dropped_slow_subscription_is_released(make_broker: Callable[..., Broker
     ref = weakref.ref(sub)
     publish_and_settle(broker, [("a", str(n)) for n in range(3)])
     publish_and_settle(broker, [("a", str(n)) for n in range(3)])
-    assert sub.closed == "slow"
+    assert sub.end_reason == "slow"
     assert sub.queue.get_nowait() is CLOSE
     del sub
     assert_released(broker, ref)
@@ -764,10 +764,10 @@ def test_close_ends_every_stream_and_later_subscriptions_are_born_closed(
     publish_and_settle(broker, [("a", "queued"), ("b", "queued")])
     broker.close()
     for sub in subs:
-        assert sub.closed == "shutdown"
+        assert sub.end_reason == "shutdown"
         assert sub.queue.get_nowait() is CLOSE  # what was queued is dropped, CLOSE first
     late, replay = listed(*broker.subscribe(["a"], last_id="whatever"))
-    assert late.closed == "shutdown"
+    assert late.end_reason == "shutdown"
     assert late.queue.get_nowait() is CLOSE
     assert replay.gap
 

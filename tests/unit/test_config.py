@@ -12,7 +12,14 @@ from flask import Flask
 
 import flask_sse_hub
 from flask_sse_hub import ConfigError, SSEBlueprint
-from flask_sse_hub.config import DEFAULTS, SETTINGS, HubConfig, from_environ, set_defaults
+from flask_sse_hub.config import (
+    DEFAULTS,
+    SETTINGS,
+    HubConfig,
+    ServerConfig,
+    from_environ,
+    set_defaults,
+)
 
 DOCUMENTED_DEFAULTS = {
     "SSE_REDIS_URL": None,
@@ -28,25 +35,33 @@ DOCUMENTED_DEFAULTS = {
 }
 
 
+SCOPES = {setting.key: setting.scope for setting in SETTINGS}
+
+
 def attribute(key: str) -> str:
     """``SSE_QUEUE_SIZE`` -> ``queue_size``."""
     return key.removeprefix("SSE_").lower()
 
 
+def parsed(key: str, mapping: dict[str, Any]) -> Any:
+    """The parsed value of ``key`` from ``mapping``, by the config object of its scope."""
+    kind = HubConfig if SCOPES[key] == "hub" else ServerConfig
+    return getattr(kind.from_mapping(mapping), attribute(key))
+
+
 def test_the_defaults_are_the_documented_ones() -> None:
-    config = HubConfig.from_mapping({})
     for key, value in DOCUMENTED_DEFAULTS.items():
-        assert getattr(config, attribute(key)) == value, key
+        assert parsed(key, {}) == value, key
     assert {key: DEFAULTS[key] for key in DOCUMENTED_DEFAULTS} == DOCUMENTED_DEFAULTS
 
 
-def test_registering_a_blueprint_sets_every_default_in_app_config() -> None:
+def test_registering_a_blueprint_sets_every_library_default_and_no_standalone_one() -> None:
     app = Flask(__name__)
     app.config["SSE_QUEUE_SIZE"] = 7
     app.register_blueprint(SSEBlueprint("sse", __name__))
     try:
-        for key in DOCUMENTED_DEFAULTS:
-            assert key in app.config, key
+        for key, scope in SCOPES.items():
+            assert (key in app.config) == (scope == "hub"), key
         assert app.config["SSE_QUEUE_SIZE"] == 7  # what the app set is kept
         assert flask_sse_hub.hubs(app)["sse"].config.queue_size == 7
     finally:
@@ -78,6 +93,7 @@ def test_environment_strings_are_parsed() -> None:
     picked = from_environ(environ)
     assert "PATH" not in picked and "SSE_UNKNOWN" not in picked
     config = HubConfig.from_mapping(picked)
+    assert ServerConfig.from_mapping(picked).publish_token == "s3cret"
     assert config.redis_url == "redis://localhost:6379/2"
     assert config.heartbeat_seconds == 2.5
     assert config.retry_ms == 3000 and isinstance(config.retry_ms, int)
@@ -87,14 +103,13 @@ def test_environment_strings_are_parsed() -> None:
     assert config.max_channels == 4
     assert config.ping_event == "ping"
     assert config.max_connection_seconds == 600.0
-    assert config.publish_token == "s3cret"
 
 
 @pytest.mark.parametrize(
     "key", ["SSE_REDIS_URL", "SSE_PING_EVENT", "SSE_MAX_CONNECTION_SECONDS", "SSE_PUBLISH_TOKEN"]
 )
 def test_empty_environment_string_means_unset(key: str) -> None:
-    assert getattr(HubConfig.from_mapping({key: ""}), attribute(key)) is None
+    assert parsed(key, {key: ""}) is None
 
 
 def test_numbers_given_as_numbers_are_kept() -> None:
@@ -134,7 +149,7 @@ def test_numbers_given_as_numbers_are_kept() -> None:
 )
 def test_bad_values_raise_config_error_naming_the_key(key: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=key) as caught:
-        HubConfig.from_mapping({key: value})
+        parsed(key, {key: value})
     assert isinstance(caught.value, ValueError)
 
 
@@ -146,10 +161,10 @@ def test_bad_value_in_app_config_fails_at_registration() -> None:
 
 
 def test_summary_masks_the_publish_token() -> None:
-    summary = HubConfig.from_mapping({"SSE_PUBLISH_TOKEN": "s3cret-token-value"}).summary()
+    summary = ServerConfig.from_mapping({"SSE_PUBLISH_TOKEN": "s3cret-token-value"}).summary()
     assert "s3cret-token-value" not in summary
     assert "SSE_PUBLISH_TOKEN=***" in summary
-    assert "SSE_QUEUE_SIZE=1000" in summary
+    assert "SSE_MAX_BATCH=1000" in summary
 
 
 @pytest.mark.parametrize(
@@ -200,10 +215,12 @@ def test_the_documented_settings_are_the_settings_table_with_its_defaults() -> N
             assert shown == setting.default, (setting.key, shown)
 
 
-def test_every_setting_is_a_hub_config_field_and_secrets_are_masked_in_the_summary() -> None:
-    assert [setting.field for setting in SETTINGS] == [f.name for f in fields(HubConfig)]
-    values = {setting.key: "s3cret-value" for setting in SETTINGS if setting.secret}
-    summary = HubConfig.from_mapping(values).summary()
+def test_every_setting_is_a_field_of_its_scope_and_secrets_are_masked_in_the_summary() -> None:
+    for kind, scope in ((HubConfig, "hub"), (ServerConfig, "standalone")):
+        listed = [setting.field for setting in SETTINGS if setting.scope == scope]
+        assert listed == [f.name for f in fields(kind)]
+    values = {setting.key: "s3cret-value-" + "x" * 32 for setting in SETTINGS if setting.secret}
+    summary = HubConfig.from_mapping(values).summary() + ServerConfig.from_mapping(values).summary()
     assert "s3cret-value" not in summary
     assert all(f"{key}=***" in summary for key in values)
 
