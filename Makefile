@@ -11,7 +11,7 @@ NODE_STAMP := $(NODE_CLIENTS)/node_modules/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,redis,rsa]'
+	$(BIN)/pip install --quiet -e '.[test,redis,rsa,client]'
 	touch $(STAMP)
 
 ## The standalone hub with the embedded memory backend on http://127.0.0.1:8000

@@ -26,6 +26,7 @@ from .errors import (
     EventTooLarge,
     Forbidden,
     HubError,
+    IdempotencyConflict,
     InvalidChannel,
     InvalidData,
     InvalidEventType,
@@ -34,7 +35,6 @@ from .errors import (
     Unauthorized,
     WrongServer,
 )
-from .wire import Event
 
 if TYPE_CHECKING:
     from .api import hubs, publish, publish_many, shutdown, sse
@@ -48,11 +48,11 @@ __all__ = [
     "BackendUnavailable",
     "BatchTooLarge",
     "ConfigError",
-    "Event",
     "EventTooLarge",
     "Forbidden",
     "Hub",
     "HubError",
+    "IdempotencyConflict",
     "InvalidChannel",
     "InvalidData",
     "InvalidEventType",

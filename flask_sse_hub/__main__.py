@@ -1,5 +1,7 @@
 """``flask-sse-hub`` / ``python -m flask_sse_hub``: the standalone hub under gunicorn.
 
+``flask-sse-hub tail URL`` instead follows a hub's stream (:mod:`flask_sse_hub.client`).
+
 The packaged settings (:mod:`flask_sse_hub.gunicorn_config`: gevent worker,
 connection and descriptor limits, SIGTERM handling, the one-worker guard),
 configured by ``SSE_BIND``, ``WEB_CONCURRENCY`` and the ``SSE_*`` environment
@@ -21,6 +23,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from gunicorn.app.wsgiapp import WSGIApplication  # type: ignore[import-untyped]
 
     options = list(sys.argv[1:] if argv is None else argv)
+    if options[:1] == ["tail"]:
+        from .client import tail_command
+
+        tail_command().main(options[1:], prog_name="flask-sse-hub tail")
+        return
     sys.argv = ["flask-sse-hub", "--config", CONFIG, *options, APP]
     WSGIApplication("%(prog)s [OPTIONS]", prog="flask-sse-hub").run()
 

@@ -12,16 +12,19 @@ every channel). ``exp`` is required: a stream does not outlive its token
 
 from __future__ import annotations
 
+import functools
+import hmac
+import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from flask import Request, Response
+from flask import Request, Response, request
 
 from .config import HubConfig
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, RequestRefused, Unauthorized
 from .wire import GRANT_PATTERN
 
 #: Clock skew tolerated between the service minting tokens and the hub.
@@ -52,6 +55,8 @@ class Grants:
     subscribe: tuple[str, ...]
     publish: tuple[str, ...]
     expires_at: float
+    #: The token's ``sub`` claim: who the stream is, for presence and disconnect.
+    subject: str | None = None
 
     def check_subscribe(self, channels: Iterable[str]) -> None:
         for channel in channels:
@@ -130,7 +135,10 @@ def _grants_from_claims(claims: dict[str, Any]) -> Grants:
         lists[action] = tuple(entries)
     # PyJWT compared int(exp); clamped so that an absurd (but signed) exp stays a float.
     expires_at = min(int(claims["exp"]), MAX_EXP) + LEEWAY_SECONDS
-    return Grants(lists["subscribe"], lists["publish"], float(expires_at))
+    subject = claims.get("sub")
+    if subject is not None and not isinstance(subject, str):
+        raise Unauthorized("invalid token: claim 'sub' must be a string")
+    return Grants(lists["subscribe"], lists["publish"], float(expires_at), subject)
 
 
 def mint_token(
@@ -226,3 +234,43 @@ class CorsPolicy:
             headers["Access-Control-Allow-Headers"] = self.ALLOW_HEADERS
             headers["Access-Control-Max-Age"] = self.MAX_AGE
         return response
+
+
+def check_operator(secret: str | None) -> None:
+    """``/stats``, ``/metrics``, ``/presence``: loopback clients (not relayed), or ``secret``.
+
+    ``secret`` is ``SSE_STATS_TOKEN``: 401 when a wrong one is given, 403 for
+    a client that is not on loopback while it is unset.
+    """
+    if secret is None:
+        if not is_local_request():
+            raise RequestRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
+        return
+    token = request_token(request)
+    if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
+        return
+    if token is None and is_local_request():
+        return
+    raise Unauthorized(
+        "wrong bearer token" if token else "missing bearer token (SSE_STATS_TOKEN)",
+        token_given=token is not None,
+    )
+
+
+_FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+
+
+def is_local_request() -> bool:
+    """From loopback, and not relayed by a proxy on this host (forwarding headers)."""
+    environ = request.environ
+    forwarded = any(key in environ for key in _FORWARDING_HEADERS)
+    return not forwarded and is_loopback(request.remote_addr)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_loopback(address: str | None) -> bool:
+    """A loopback IP address (``127.0.0.0/8``, ``::1``)."""
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

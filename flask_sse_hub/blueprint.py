@@ -7,17 +7,38 @@ import logging
 import random
 import resource
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    has_request_context,
+    jsonify,
+    request,
+    send_from_directory,
+)
 from flask.blueprints import BlueprintSetupState
 
-from .auth import CorsPolicy, TokenVerifier, request_token
+from . import ticker
+from .auth import CorsPolicy, TokenVerifier, check_operator, request_token
 from .backends import make_backend
-from .broker import Broker
+from .broker import Broker, Idempotency
 from .cli import add_commands
 from .config import HubConfig, set_defaults, warn_unknown_keys
-from .errors import AtCapacity, Forbidden, HubError, TooManyChannels, WrongServer
+from .errors import (
+    AtCapacity,
+    Forbidden,
+    HubError,
+    InvalidChannel,
+    InvalidData,
+    TooManyChannels,
+    WrongServer,
+)
+from .metrics import Metrics, exposition
+from .presence import Presence
 from .sockets import (
     ClosedPeerWatcher,
     cut,
@@ -29,6 +50,8 @@ from .sockets import (
 from .stream import Stream
 from .wire import (
     HEARTBEAT,
+    Event,
+    control_event,
     encode_ping,
     encode_preamble,
     events_from_items,
@@ -51,10 +74,17 @@ class Hub:
 
     def __init__(self, config: HubConfig, name: str = "sse") -> None:
         self.config = config
+        self.name = name
         self.broker = Broker(
             make_backend(config, name), queue_size=config.queue_size,
             max_streams=config.max_streams or default_capacity(),
         )
+        # Who is on which channel, here and (with Redis) on every worker.
+        self._presence = Presence(
+            self.broker, grace=config.presence_grace_seconds,
+            lease=2 * config.heartbeat_seconds,
+        )
+        self._ticking = False
         self.preamble = encode_preamble(config.retry_ms)
         self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
         #: Checks subscribe/publish tokens when ``SSE_JWT_*`` is set, else None.
@@ -96,6 +126,38 @@ class Hub:
                 self.broker.connections + 1, self.threads,
             )
 
+    def start(self) -> None:
+        """Begin the periodic work (metrics, presence) in this process; idempotent.
+
+        Called by the first subscribe, publish or query, so that a worker
+        forked from a preloaded app does it itself.
+        """
+        if self._ticking:
+            return
+        self._ticking = True
+        Metrics.get().follow(self)
+        ticker.every_tick(self._tick)
+
+    def _tick(self) -> None:
+        if self.broker.stopped:  # shut down (SIGTERM): leave everyone's presence now
+            ticker.stop(self._tick)
+            self._withdraw()
+            return
+        self._presence.tick()
+
+    def _withdraw(self) -> None:
+        try:
+            self._presence.leave()
+        except HubError as exc:
+            log.warning("could not withdraw this worker's presence: %s", exc)
+
+    def stop(self) -> None:
+        """End every stream here and stop the broadcaster (tests, shutdown)."""
+        ticker.stop(self._tick)
+        if self._ticking and not self.broker.stopped:
+            self._withdraw()
+        self.broker.stop()
+
     def publish(
         self, data: Any, *, channel: str = "default", event: str | None = None,
         retry: int | None = None,
@@ -107,7 +169,42 @@ class Hub:
             data, channel=channel, event=event, retry=retry,
             max_bytes=self.config.max_event_bytes,
         )
-        return self.broker.publish([encoded])[0]
+        return self.publish_events([encoded])[0]
+
+    def publish_events(
+        self, events: list[Event], idempotency: Idempotency | None = None,
+    ) -> list[str]:
+        """Publish validated events (``make_event``) in order; return their ids."""
+        self.start()
+        return self.broker.publish(events, idempotency) if events else []
+
+    # -- presence and ending streams ----------------------------------------
+
+    def occupancy(self, channel: str) -> int:
+        """How many streams are subscribed to ``channel``, on every worker (with Redis)."""
+        return self.presence_counts(channel)[0]
+
+    def presence(self, channel: str) -> list[str]:
+        """The subjects (JWT ``sub`` or ``@sse.identify``) of ``channel``'s streams, sorted."""
+        return self.presence_counts(channel)[1]
+
+    def presence_counts(self, channel: str) -> tuple[int, list[str]]:
+        """Both at once (one round trip): occupancy and subjects of ``channel``."""
+        self.start()
+        return self._presence.of(validate_channel(channel))
+
+    def disconnect(self, channel: str | None = None, subject: str | None = None) -> None:
+        """End the streams of ``channel`` and/or ``subject`` on every worker (None: any).
+
+        Each ends with an ``sse-hub-disconnect`` event (no id: a client let
+        back in resumes where it was). Travels with the events (Redis: the
+        stream), so an event published before it reaches the stream first.
+        """
+        if channel is not None:
+            validate_channel(channel)
+        if subject is not None and (not isinstance(subject, str) or not 0 < len(subject) <= 256):
+            raise InvalidData(f"subject must be a string of 1-256 characters, got {subject!r}")
+        self.publish_events([control_event(disconnect={"channel": channel, "subject": subject})])
 
     def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
         """Publish a batch, in order, as one call; return the ids.
@@ -121,7 +218,16 @@ class Hub:
         if has_request_context():
             self.check_server(request.environ)
         events = events_from_items(items, max_bytes=self.config.max_event_bytes)
-        return self.broker.publish(events) if events else []
+        return self.publish_events(events)
+
+
+def _client_script() -> Response:
+    """``<prefix>/sse-hub.js``: the browser client that shares one stream between tabs."""
+    return send_from_directory(STATIC_DIR, "sse-hub.js", max_age=3600)
+
+
+#: The package's static files (the demo page's, and sse-hub.js).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 
 def default_capacity(connection_limit: int | None = None) -> int:
@@ -153,6 +259,7 @@ def capacity_response(exc: AtCapacity, retry_ms: int) -> Response:
 
 def error_response(exc: HubError) -> Response:
     """The one mapping from hub errors to HTTP answers: status, headers and a JSON reason."""
+    Metrics.get().refuse(exc.status)
     response = jsonify(error=str(exc))
     response.status_code = exc.status
     response.headers.update(exc.headers)
@@ -178,7 +285,9 @@ class SSEBlueprint(Blueprint):
     ) -> None:
         super().__init__(name, import_name, url_prefix=url_prefix, **kwargs)
         self._authorizers: list[Callable[[str], bool]] = []
+        self._identify: Callable[[], str | None] | None = None
         self.add_url_rule("", "stream", self._stream_view, methods=["GET"])
+        self.add_url_rule("/sse-hub.js", "client_script", _client_script, methods=["GET"])
         self.record(self._create_hub)
         self.register_error_handler(HubError, error_response)
         self.after_request(self._add_cors_headers)
@@ -230,6 +339,45 @@ class SSEBlueprint(Blueprint):
         self._authorizers.append(fn)
         return fn
 
+    def identify(self, fn: Callable[[], str | None]) -> Callable[[], str | None]:
+        """Register ``fn() -> subject``, asked in the request context of every subscribe.
+
+        The subject names the stream in ``hub.presence()`` and for
+        ``hub.disconnect(subject=...)``; without it a verified token's ``sub``
+        does (None: an anonymous stream, counted but not named)::
+
+            @sse.identify
+            def who():
+                return current_user.get_id()
+        """
+        self._identify = fn
+        return fn
+
+    def metrics_view(self) -> Response:
+        """``GET`` view of the Prometheus metrics, to mount in a library app.
+
+        ``app.add_url_rule("/metrics", view_func=sse.metrics_view)``; answers
+        loopback clients, or others with ``Authorization: Bearer <SSE_STATS_TOKEN>``.
+        """
+        hub = self.hub()
+        check_operator(hub.config.stats_token)
+        hub.start()
+        body, content_type = exposition()
+        return Response(body, content_type=content_type)
+
+    def presence_view(self) -> Response:
+        """``GET ?channel=X`` view of a channel's presence, to mount in a library app.
+
+        Answers ``{"channel", "occupancy", "subjects"}``; access as :meth:`metrics_view`.
+        """
+        hub = self.hub()
+        check_operator(hub.config.stats_token)
+        channel = request.args.get("channel")
+        if channel is None:
+            raise InvalidChannel("name the channel: ?channel=<name>")
+        count, subjects = hub.presence_counts(channel)
+        return jsonify(channel=channel, occupancy=count, subjects=subjects)
+
     def publish(
         self, data: Any, *, channel: str = "default", event: str | None = None,
         retry: int | None = None,
@@ -268,12 +416,12 @@ class SSEBlueprint(Blueprint):
         hub = self.hub()
         config = hub.config
         channels = self._requested_channels(config.max_channels)
-        expires_at = None
+        expires_at = subject = None
         if hub.verifier is not None:
             # Checked before any replay: a resume gets only channels its token grants.
             grants = hub.verifier.grants(request_token(request, config.jwt_cookie, query=True))
             grants.check_subscribe(channels)
-            expires_at = grants.expires_at
+            expires_at, subject = grants.expires_at, grants.subject
         for channel in channels:
             for allowed in self._authorizers:
                 if not allowed(channel):
@@ -291,10 +439,14 @@ class SSEBlueprint(Blueprint):
         if request.method == "HEAD":
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
         hub.check_server(request.environ, streaming=True)
+        if self._identify is not None:
+            subject = self._identify()
+        hub.start()
         try:
             sub, replay = hub.broker.subscribe(
                 channels, last_id, client=request.remote_addr,
-                max_per_client=config.max_connections_per_ip,
+                max_per_client=config.max_connections_per_ip, subject=subject,
+                tagged=request.args.get("relay") == "1",
             )
         except AtCapacity as exc:
             hub.warnings.warn("capacity", "refusing a subscriber: %s", exc)

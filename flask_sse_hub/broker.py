@@ -35,18 +35,22 @@ from typing import Any, Protocol
 
 from .errors import AtCapacity, TooManyConnections
 from .logs import RateLimitedLog
-from .wire import Event, encode_gap
+from .wire import CONTROL_CHANNEL, Event, control_fields, encode_disconnect, encode_gap
 
 log = logging.getLogger("flask_sse_hub")
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """An event with its hub-assigned id: the complete bytes a client receives."""
+    """An event with its hub-assigned id: the complete bytes a client receives.
+
+    ``at`` is when it was published (wall clock), for the delivery-lag metric.
+    """
 
     id: str
     channel: str
     frame: bytes
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,15 @@ class Replay:
     start: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    """An ``Idempotency-Key``: the key, a digest of what it publishes, and how long it holds."""
+
+    key: str
+    fingerprint: str
+    seconds: float
+
+
 class ReplayInterrupted(Exception):
     """The rest of a replay cannot be read (the backplane failed): end the stream.
 
@@ -85,8 +98,9 @@ PAGE_BYTES = 128 * 1024
 CHUNK_BYTES = 64 * 1024
 
 
-#: Queue items: ``(chunk, number of events in it)``; ``CLOSE`` ends the stream.
-Chunk = tuple[bytes, int]
+#: Queue items: ``(chunk, number of events in it, when its oldest event was
+#: published)``; ``CLOSE`` ends the stream.
+Chunk = tuple[bytes, int, float]
 CLOSE = None
 
 
@@ -102,13 +116,23 @@ class Subscription:
     """
 
     __slots__ = (
-        "abort", "channels", "client", "delivered", "dequeued", "end_reason", "enqueued", "queue",
+        "abort", "channels", "client", "delivered", "dequeued", "end_reason", "enqueued",
+        "joined", "queue", "subject", "tagged",
     )
 
-    def __init__(self, channels: Sequence[str], client: str | None = None) -> None:
+    def __init__(
+        self, channels: Sequence[str], client: str | None = None, subject: str | None = None,
+        *, tagged: bool = False,
+    ) -> None:
         self.channels = frozenset(channels)
+        #: Each event comes with a ``channel:`` field (``?relay=1``: a relaying client).
+        self.tagged = tagged
+        #: Gets chunks joined for it (several channels, or tagged) rather than a channel's.
+        self.joined = tagged or len(self.channels) > 1
         #: The client address counted against ``SSE_MAX_CONNECTIONS_PER_IP``.
         self.client = client
+        #: Who the stream is (a token's ``sub``, or ``@sse.identify``): presence, disconnect.
+        self.subject = subject
         self.queue: queue.Queue[Chunk | None] = queue.Queue()
         self.enqueued = 0
         self.dequeued = 0
@@ -172,8 +196,15 @@ class Backend(ABC):
         """Stop the broadcaster thread (no more deliveries)."""
 
     @abstractmethod
-    def publish(self, events: Sequence[Event]) -> list[str]:
-        """Publish ``events`` in order; return their ids. Raises BackendUnavailable."""
+    def publish(
+        self, events: Sequence[Event], idempotency: Idempotency | None = None,
+    ) -> list[str]:
+        """Publish ``events`` in order; return their ids. Raises BackendUnavailable.
+
+        With ``idempotency``: a key already used within its ``seconds`` returns
+        the ids it got then and publishes nothing; a different ``fingerprint``
+        under the same key raises ``IdempotencyConflict``.
+        """
 
     @abstractmethod
     def replay(self, channels: frozenset[str], last_id: str, upto: str | None) -> Replay:
@@ -200,6 +231,18 @@ class Backend(ABC):
         meanwhile, and a replay would have no position to end at.
         """
         return True
+
+    #: Whether other processes' presence is reachable (see presence.py).
+    shares_presence = False
+
+    def share_presence(  # noqa: B027 - optional: only a shared backend has it
+        self, worker: str, snapshot: dict[str, str], lease: float,
+    ) -> None:
+        """Publish this worker's presence snapshot for ``lease`` seconds (replacing the last)."""
+
+    def shared_presence(self, channel: str) -> dict[str, str]:
+        """Every live worker's snapshot entry for ``channel``, by worker."""
+        return {}
 
     @abstractmethod
     def healthy(self) -> bool:
@@ -242,20 +285,30 @@ class Broker:
         self.dropped_slow = 0
         self.replays = 0
         self.gaps = 0
+        self.disconnected = 0
+        #: Grows with every (un)registration: presence recomputes only when it moved.
+        self.changes = 0
         self._delivered_by_closed = 0
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, events: Sequence[Event]) -> list[str]:
-        """Publish already validated events in order; return their ids."""
+    def publish(
+        self, events: Sequence[Event], idempotency: Idempotency | None = None,
+    ) -> list[str]:
+        """Publish already validated events in order; return their ids.
+
+        With ``idempotency``, a repeat of the same key within its time answers
+        the first call's ids and publishes nothing (backend-wide: any worker).
+        """
         self._ensure_started()
-        return self.backend.publish(events)
+        return self.backend.publish(events, idempotency)
 
     # -- subscribing ----------------------------------------------------------
 
     def subscribe(
         self, channels: Sequence[str], last_id: str | None = None, *,
         client: str | None = None, max_per_client: int | None = None,
+        subject: str | None = None, tagged: bool = False,
     ) -> tuple[Subscription, Replay]:
         """Register a subscription; with ``last_id``, also compute what it missed.
 
@@ -275,7 +328,7 @@ class Broker:
                     )
                 finally:
                     self._waiting -= 1
-        sub = Subscription(channels, client)
+        sub = Subscription(channels, client, subject, tagged=tagged)
         with self._lock:
             self._check_capacity()
             if client is not None:
@@ -291,6 +344,7 @@ class Broker:
             for channel in sub.channels:
                 self._channels.setdefault(channel, set()).add(sub)
             self.connections += 1
+            self.changes += 1
             upto = self._position
         if last_id is None:
             return sub, Replay(start=upto)
@@ -323,6 +377,7 @@ class Broker:
                         del self._channels[channel]
             if removed:
                 self.connections -= 1
+                self.changes += 1
                 self._delivered_by_closed += sub.delivered
                 if sub.client is not None:
                     held = self._per_client.pop(sub.client) - 1
@@ -356,8 +411,15 @@ class Broker:
         if not batch:
             return
         by_channel: dict[str, list[bytes]] = {}
+        oldest: dict[str, float] = {}
         for event in batch:
-            by_channel.setdefault(event.channel, []).append(event.frame)
+            frames = by_channel.get(event.channel)
+            if frames is None:
+                by_channel[event.channel] = [event.frame]
+                oldest[event.channel] = event.at
+            else:
+                frames.append(event.frame)
+        controls = by_channel.pop(CONTROL_CHANNEL, None)
         with self._lock:
             self._position = batch[-1].id
             if self._waiting:
@@ -367,23 +429,36 @@ class Broker:
                 for channel in by_channel
                 if (subs := self._channels.get(channel))
             ]
-        multi: set[Subscription] = set()
+        joined: set[Subscription] = set()
         for channel, listed in targets:
             frames = by_channel[channel]
-            item: Chunk = (frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+            item: Chunk = (
+                frames[0] if len(frames) == 1 else b"".join(frames), len(frames), oldest[channel],
+            )
             for sub in listed:
-                if len(sub.channels) > 1:
-                    multi.add(sub)
+                if sub.joined:
+                    joined.add(sub)
                 else:
                     self._offer(sub, item)
-        if multi:
-            merged: dict[frozenset[str], Chunk] = {}
-            for sub in multi:
-                found = merged.get(sub.channels)
-                if found is None:
-                    frames = [event.frame for event in batch if event.channel in sub.channels]
-                    found = merged[sub.channels] = (b"".join(frames), len(frames))
-                self._offer(sub, found)
+        if joined:
+            self._offer_joined(batch, joined)
+        if controls:
+            for control in controls:
+                self._apply_control(control)
+
+    def _offer_joined(self, batch: list[Published], subs: set[Subscription]) -> None:
+        """Chunks of several channels merged in id order, tagged or not: one join per kind."""
+        chunks: dict[tuple[frozenset[str], bool], Chunk] = {}
+        for sub in subs:
+            kind = (sub.channels, sub.tagged)
+            found = chunks.get(kind)
+            if found is None:
+                mine = [event for event in batch if event.channel in sub.channels]
+                frames = [tag(event) for event in mine] if sub.tagged else [
+                    event.frame for event in mine
+                ]
+                found = chunks[kind] = (b"".join(frames), len(mine), mine[0].at)
+            self._offer(sub, found)
 
     def set_position(self, position: str) -> None:
         with self._lock:
@@ -397,7 +472,7 @@ class Broker:
                 self._position = position
             subs = {sub for subs in self._channels.values() for sub in subs}
             self.gaps += len(subs)
-        item = (encode_gap(last_id, position), 1)
+        item = (encode_gap(last_id, position), 1, time.time())
         for sub in subs:
             self._offer(sub, item)
 
@@ -439,6 +514,49 @@ class Broker:
         if cut and abort is not None:
             abort()
 
+    # -- ending streams on demand ------------------------------------------------
+
+    def _apply_control(self, event_frame: bytes) -> None:
+        try:
+            fields = control_fields(event_frame)
+            match = fields["disconnect"]
+            channel, subject = match.get("channel"), match.get("subject")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.warnings.warn("control", "ignoring a control entry the hub cannot read")
+            return
+        self.disconnect_here(channel, subject)
+
+    def disconnect_here(self, channel: str | None, subject: str | None) -> int:
+        """End this process's streams of ``channel`` and/or ``subject`` (None: any).
+
+        Each gets what is queued, then ``sse-hub-disconnect``, then its end;
+        returns how many.
+        """
+        with self._lock:
+            candidates = (
+                self._channels.get(channel, set()) if channel is not None
+                else {sub for subs in self._channels.values() for sub in subs}
+            )
+            matched = [
+                sub for sub in candidates if subject is None or sub.subject == subject
+            ]
+            self.disconnected += len(matched)
+        last = (encode_disconnect(channel, subject), 1, time.time())
+        for sub in matched:
+            self.unsubscribe(sub)
+            sub.enqueued += 1
+            sub.queue.put_nowait(last)
+            sub.queue.put_nowait(CLOSE)
+        return len(matched)
+
+    def registrations(self) -> list[tuple[str, str | None]]:
+        """``(channel, subject)`` of every stream of every channel here (one per pair)."""
+        with self._lock:
+            return [
+                (channel, sub.subject)
+                for channel, subs in self._channels.items() for sub in subs
+            ]
+
     # -- lifecycle ------------------------------------------------------------
 
     def _ensure_started(self) -> None:
@@ -465,6 +583,11 @@ class Broker:
         if subs:
             log.info("closed %d open streams for shutdown", len(subs))
 
+    @property
+    def stopped(self) -> bool:
+        """True once :meth:`close` or :meth:`stop` ran: no stream is served any more."""
+        return self._closed
+
     def stop(self) -> None:
         """Close every stream and stop the backend's broadcaster."""
         self.close()
@@ -486,11 +609,23 @@ class Broker:
                 "subscribers_dropped_slow": self.dropped_slow,
                 "replays_served": self.replays,
                 "gaps_reported": self.gaps,
+                "streams_disconnected": self.disconnected,
                 **self.backend.stats(),
             }
 
 
-def join_chunks(frames: Iterable[bytes], limit: int = CHUNK_BYTES) -> Iterator[Chunk]:
+def tag(event: Published) -> bytes:
+    """``event``'s frame with a ``channel:`` field, which WHATWG clients ignore.
+
+    For ``?relay=1`` streams: a client that shares one stream between
+    several tabs (sse-hub.js) reads it to hand each tab its channels' events.
+    """
+    if not event.channel:  # the hub's own lines (a gap in a replay)
+        return event.frame
+    return b"channel: " + event.channel.encode("ascii") + b"\n" + event.frame
+
+
+def join_chunks(frames: Iterable[bytes], limit: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
     """Group frames into chunks of at most ``limit`` bytes (or one frame, if larger).
 
     Lazy, and the parts of a chunk are let go before it is handed on: while a

@@ -291,6 +291,11 @@ SETTINGS: tuple[Setting, ...] = (
             "events in one `POST /publish` batch (413 beyond)", scope="standalone"),
     Setting("SSE_PUBLISH_BODY_SECONDS", 10.0, _positive_float,
             "a `POST /publish` body must arrive within this (408)", scope="standalone"),
+    Setting("SSE_PRESENCE_GRACE_SECONDS", 2.5, _positive_float,
+            "a stream that ends stays present this long (a reconnect is no leave)"),
+    Setting("SSE_IDEMPOTENCY_SECONDS", 300.0, _positive_float,
+            "an `Idempotency-Key` of `POST /publish` answers its first result this long",
+            scope="standalone"),
     Setting("SSE_STATS_TOKEN", None, _optional_str,
             "bearer token for `/stats`, `/metrics`, `/presence` from clients not on loopback",
             secret=True),
@@ -328,6 +333,7 @@ class HubConfig:
     redis_min_replicas: int
     max_streams: int | None
     dead_client_seconds: float
+    presence_grace_seconds: float
     stats_token: str | None
 
     @classmethod
@@ -349,6 +355,7 @@ class ServerConfig:
     proxy_hops: int
     max_batch: int
     publish_body_seconds: float
+    idempotency_seconds: float
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> ServerConfig:

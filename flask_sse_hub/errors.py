@@ -107,6 +107,12 @@ class WrongServer(HubError):
     status = 500
 
 
+class IdempotencyConflict(HubError, ValueError):
+    """An ``Idempotency-Key`` reused for a different publish within its time."""
+
+    status = 422
+
+
 class RequestRefused(HubError):
     """An HTTP request to the standalone hub that is malformed or not allowed.
 

@@ -13,6 +13,9 @@ alike:
 * the **one-worker guard**: a hub with the memory backend in several worker
   processes would split its subscribers, so such a worker refuses to boot,
   however the worker count was given (``-w``, ``WEB_CONCURRENCY``, a config);
+* **metrics summed over the workers**: ``PROMETHEUS_MULTIPROC_DIR`` set to a
+  directory made for the run (or yours, emptied at start), a dead worker's
+  gauges dropped, the directory removed at exit;
 * an access log whose lines carry the path without its query string (a
   subscriber's ``?token=`` stays out of it), the hub's log lines in
   gunicorn's error log, no control socket (gunicorn >= 25 puts one at a fixed
@@ -31,9 +34,12 @@ import errno
 import logging
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 #: Descriptors kept back from ``worker_connections``: Redis, logs, the listener.
@@ -65,11 +71,49 @@ def on_starting(server: Any) -> None:
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         server.log.info("raised the open-file limit from %s to %s", soft, hard)
+    _prepare_metrics_dir(server)
     if server.cfg.workers > 1 and not _redis_in_environment():
         server.log.info(
             "%d workers: every hub must use Redis (SSE_REDIS_URL); a worker whose hub uses "
             "the memory backend will refuse to boot", server.cfg.workers,
         )
+
+
+#: The variable prometheus_client's multiprocess mode reads; the directory we made, if any.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_made_metrics_dir: list[str] = []
+
+
+def _prepare_metrics_dir(server: Any) -> None:
+    """Every worker writes its metrics there; any worker's ``/metrics`` sums them all.
+
+    Set before the workers fork (and before they import prometheus_client,
+    which picks its storage at import). A directory given by the operator is
+    emptied of an earlier run's files, as prometheus_client requires.
+    """
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        server.log.info("metrics of all workers in %s (%s)", given, METRICS_DIR_ENV)
+        return
+    made = tempfile.mkdtemp(prefix="flask-sse-hub-metrics-")
+    _made_metrics_dir.append(made)
+    os.environ[METRICS_DIR_ENV] = made
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: its open streams leave the summed gauges."""
+    if os.environ.get(METRICS_DIR_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """The metrics directory made for this run goes with it."""
+    for made in _made_metrics_dir:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -9,8 +9,8 @@ given to :func:`create_app`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Mapping
@@ -21,10 +21,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import sse
-from .auth import Grants, request_token
+from .auth import Grants, check_operator, is_local_request, is_loopback, request_token
 from .blueprint import Hub, error_response
+from .broker import Idempotency
 from .config import ServerConfig, from_environ, set_defaults
 from .errors import Forbidden, HubError, RequestRefused, Unauthorized
+from .metrics import Metrics
 from .sockets import end_of_requests, gevent_patched, stream_socket
 from .wire import Event, events_from_items
 
@@ -69,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     def http_error(exc: HTTPException) -> Response:
         response = jsonify(error=exc.description)
         response.status_code = exc.code or 500
+        Metrics.get().refuse(response.status_code)
         # Keep what the status requires, e.g. Allow on 405.
         for name, value in exc.get_headers():
             if name.lower() != "content-type":
@@ -94,10 +97,16 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
         grants = _check_publisher(hub, server.publish_token)
         if grants is not None and not grants.publish:
             raise Forbidden("token grants no publishing")
+        idempotency_key = _idempotency_key()
         events, batch = _parse_publish_body(hub, server)
         if grants is not None:
             grants.check_publish({event.channel for event in events})
-        ids = hub.broker.publish(events)
+        idempotency = None
+        if idempotency_key is not None:
+            # The same key with the same body is the same publish, on any worker.
+            fingerprint = hashlib.sha256(request.get_data(cache=True)).hexdigest()
+            idempotency = Idempotency(idempotency_key, fingerprint, server.idempotency_seconds)
+        ids = hub.publish_events(events, idempotency)
         # json.dumps straight into a Response: jsonify's provider machinery
         # was a fifth of this view's time in a profile of single publishes.
         answer = json.dumps({"ids": ids} if batch else {"id": ids[0]})
@@ -121,10 +130,56 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
 
     @routes.get("/stats")
     def stats() -> Response:
-        _check_operator(hub)
+        check_operator(hub.config.stats_token)
         return jsonify(hub.broker.stats())
 
+    routes.add_url_rule("/metrics", "metrics", sse.metrics_view)
+    routes.add_url_rule("/presence", "presence", sse.presence_view)
+
+    @routes.post("/disconnect")
+    def disconnect() -> tuple[Response, int]:
+        hub.check_server(request.environ)
+        grants = _check_publisher(hub, server.publish_token)
+        channel, subject = _parse_disconnect_body(server)
+        if grants is not None:
+            # A token may end the streams of channels it may publish to;
+            # a subject's streams anywhere need the grant of every channel.
+            grants.check_publish({channel if channel is not None else "*"})
+        hub.disconnect(channel=channel, subject=subject)
+        return jsonify(channel=channel, subject=subject), 202
+
     return routes
+
+
+def _idempotency_key() -> str | None:
+    """The ``Idempotency-Key`` header: 1-255 visible ASCII characters, or absent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255 or not all("!" <= char <= "~" for char in key):
+        raise RequestRefused(
+            400, "Idempotency-Key must be 1-255 visible ASCII characters (e.g. a UUID)"
+        )
+    return key
+
+
+def _parse_disconnect_body(server: ServerConfig) -> tuple[str | None, str | None]:
+    """``{"channel": ..., "subject": ...}``: at least one of them."""
+    if not request.is_json:
+        raise RequestRefused(415, "send JSON (Content-Type: application/json)")
+    request.max_content_length = 65536
+    try:
+        body = json.loads(_read_body(server.publish_body_seconds))
+    except RequestEntityTooLarge:
+        raise RequestRefused(413, "a disconnect body is at most 64 KiB") from None
+    except (ValueError, RecursionError) as exc:
+        raise RequestRefused(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) - {"channel", "subject"}:
+        raise RequestRefused(400, 'send {"channel": ..., "subject": ...} (one or both)')
+    channel, subject = body.get("channel"), body.get("subject")
+    if channel is None and subject is None:
+        raise RequestRefused(400, "name a channel, a subject or both: nothing would end")
+    return channel, subject
 
 
 def _with_cors(hub: Hub, response: Response) -> Response:
@@ -151,7 +206,7 @@ def _check_publisher(hub: Hub, secret: str | None) -> Grants | None:
                 token_given=token is not None,
             )
         return hub.verifier.grants(token)
-    if not _is_local_request():
+    if not is_local_request():
         raise RequestRefused(
             403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
         )
@@ -165,49 +220,13 @@ def _check_publisher(hub: Hub, secret: str | None) -> Grants | None:
     return None
 
 
-def _is_local_request() -> bool:
-    """From loopback, and not relayed by a proxy on this host (forwarding headers)."""
-    environ = request.environ
-    forwarded = any(key in environ for key in _FORWARDING_HEADERS)
-    return not forwarded and _is_loopback(request.remote_addr)
-
-
 @functools.lru_cache(maxsize=256)
 def _is_loopback_host(host: str) -> bool:
     """``localhost``, ``127.x.y.z`` or ``[::1]``, with any port."""
     name = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
     if name.lower() == "localhost":
         return True
-    return _is_loopback(name.strip("[]")) and (name.startswith("[") or name.count(".") == 3)
-
-
-def _check_operator(hub: Hub) -> None:
-    """``/stats`` and its kind: loopback clients (not relayed), or the ``SSE_STATS_TOKEN``."""
-    secret = hub.config.stats_token
-    if secret is None:
-        if not _is_local_request():
-            raise RequestRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
-        return
-    token = request_token(request)
-    if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
-        return
-    if token is None and _is_local_request():
-        return
-    raise Unauthorized(
-        "wrong bearer token" if token else "missing bearer token (SSE_STATS_TOKEN)",
-        token_given=token is not None,
-    )
-
-
-_FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name.strip("[]")) and (name.startswith("[") or name.count(".") == 3)
 
 
 def _parse_publish_body(hub: Hub, server: ServerConfig) -> tuple[list[Event], bool]:

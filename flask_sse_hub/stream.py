@@ -29,7 +29,8 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .broker import CLOSE, Replay, ReplayInterrupted, Subscription, join_chunks
+from .broker import CLOSE, Replay, ReplayInterrupted, Subscription, join_chunks, tag
+from .metrics import record_lag
 from .sockets import end_of_requests, forget_error
 from .wire import encode_gap, encode_position
 
@@ -97,7 +98,11 @@ class Stream:
     def _replayed(self) -> Iterator[bytes]:
         sub = self._sub
         try:
-            for chunk, count in join_chunks(event.frame for event in self._replay.events):
+            frames = (
+                (tag(event) for event in self._replay.events) if sub.tagged
+                else (event.frame for event in self._replay.events)
+            )
+            for chunk, count in join_chunks(frames):
                 yield chunk
                 sub.delivered += count
         except ReplayInterrupted as exc:
@@ -124,12 +129,14 @@ class Stream:
                 continue
             if item is CLOSE or sub.end_reason is not None:
                 break
-            chunk, count = item
+            chunk, count, published_at = item
             if sub.enqueued - sub.dequeued > count:
                 chunk, count = self._coalesce(chunk, count)
             sub.dequeued += count
             yield chunk
+            # Resumed: the server wrote the chunk (the lag of its oldest event).
             sub.delivered += count
+            record_lag(published_at, count)
         self.close()  # at once, not when the server gets round to it
         end_of_requests(self._sock)
 
@@ -146,6 +153,6 @@ class Stream:
                 sub.end_reason = sub.end_reason or "closed"
                 break
             parts.append(more[0])
-            count += more[1]
+            count += more[1]  # the first chunk's time stands for all: the oldest
         return b"".join(parts), count
 

@@ -35,6 +35,7 @@ MAX_EVENT_TYPE_LENGTH = 128
 RESERVED_TYPE_PREFIX = "sse-hub-"
 GAP_EVENT_TYPE = "sse-hub-gap"
 POSITION_EVENT_TYPE = "sse-hub-position"
+DISCONNECT_EVENT_TYPE = "sse-hub-disconnect"
 #: The fields of an event as a publisher gives it (``POST /publish``, ``publish_many``).
 EVENT_FIELDS = frozenset({"channel", "event", "data", "retry"})
 #: ``id: `` + the longest id + LF: the room an id line can take in a frame.
@@ -224,6 +225,35 @@ def encode_gap(requested_id: str, position_id: str | None) -> bytes:
     body = encode_body(json.dumps({"last_event_id": requested_id}), event=None)
     body = f"event: {GAP_EVENT_TYPE}\n".encode() + body
     return frame(position_id, body) if position_id is not None else body
+
+
+def encode_disconnect(channel: str | None, subject: str | None) -> bytes:
+    """The last event of a stream the hub ends on demand (``disconnect()``); no id.
+
+    Without an id the client keeps the id of the last event it got, so if it
+    comes back (and is let in) it resumes exactly where it was.
+    """
+    data = json.dumps({"channel": channel, "subject": subject})
+    return f"event: {DISCONNECT_EVENT_TYPE}\ndata: {data}\n\n".encode()
+
+
+#: The channel of the hub's control entries (a disconnect travelling to every
+#: worker with the events): not a valid channel name, so no stream has it and
+#: no replay returns it.
+CONTROL_CHANNEL = "\x00control"
+
+
+def control_event(**fields: Any) -> Event:
+    """A control entry for every worker's broadcaster, in order with the events."""
+    return Event(channel=CONTROL_CHANNEL, body=json.dumps(fields).encode() + b"\n\n")
+
+
+def control_fields(event_frame: bytes) -> dict[str, Any]:
+    """The fields of a control entry from its frame (``id:`` line, then the JSON)."""
+    fields = json.loads(event_frame.split(b"\n", 1)[1])
+    if not isinstance(fields, dict):
+        raise ValueError("a control entry is a JSON object")
+    return fields
 
 
 def encode_position(position_id: str) -> bytes:

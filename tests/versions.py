@@ -47,7 +47,7 @@ SETUP_CFG = ROOT / "setup.cfg"
 #: The extras whose requirements are runtime dependencies (pinned to their lower bound).
 RUNTIME_EXTRAS = ("redis", "rsa")
 #: The extras installed everywhere (the test tools stay at their latest versions).
-INSTALL_EXTRAS = "test,redis,rsa"
+INSTALL_EXTRAS = "test,redis,rsa,client"
 #: The oldest supported minor version, and the newest one that must be looked for.
 OLDEST = (3, 10)
 NEWEST_EXPECTED = (3, 13)
@@ -57,7 +57,7 @@ PYTEST_TIMEOUT = 1200
 #: Distributions whose installed versions the ``min`` run reports.
 REPORTED = (
     "flask", "werkzeug", "gunicorn", "gevent", "greenlet", "pyjwt", "cryptography",
-    "redis", "packaging",
+    "redis", "packaging", "prometheus-client",
 )
 
 REQUIREMENT = re.compile(

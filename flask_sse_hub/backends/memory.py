@@ -11,12 +11,14 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..broker import PAGE_BYTES, Backend, Published, Replay, Sink
-from ..wire import Event, encode_gap, frame
+from ..broker import PAGE_BYTES, Backend, Idempotency, Published, Replay, Sink
+from ..errors import IdempotencyConflict
+from ..wire import CONTROL_CHANNEL, Event, encode_gap, frame
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -42,6 +44,8 @@ class MemoryBackend(Backend):
         self._inbox: queue.Queue[list[Published] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.published = 0
+        #: Idempotency keys: key -> (expires at, monotonic; fingerprint; ids).
+        self._answered: dict[str, tuple[float, str, list[str]]] = {}
 
     def start(self, sink: Sink) -> None:
         # A new epoch in every process that starts the broadcaster: a worker
@@ -61,21 +65,47 @@ class MemoryBackend(Backend):
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def publish(self, events: Sequence[Event]) -> list[str]:
+    def publish(
+        self, events: Sequence[Event], idempotency: Idempotency | None = None,
+    ) -> list[str]:
         # The inbox put happens under the lock so that batches reach the
         # broadcaster in id order even when several threads publish at once.
+        now = time.time()
         with self._lock:
+            if idempotency is not None:
+                answered = self._answered_before(idempotency)
+                if answered is not None:
+                    return answered
             batch = []
             for event in events:
                 self._seq += 1
                 event_id = f"{self.epoch}-{self._seq}"
-                published = Published(event_id, event.channel, frame(event_id, event.body))
+                published = Published(event_id, event.channel, frame(event_id, event.body), now)
                 self._history.append((self._seq, published))
                 batch.append(published)
-            self.published += len(batch)
+            self.published += sum(event.channel != CONTROL_CHANNEL for event in events)
             ids = [event.id for event in batch]
             self._inbox.put(batch)  # the broadcaster owns ``batch`` from here on
+            if idempotency is not None:
+                self._answered[idempotency.key] = (
+                    time.monotonic() + idempotency.seconds, idempotency.fingerprint, ids,
+                )
         return ids
+
+    def _answered_before(self, idempotency: Idempotency) -> list[str] | None:
+        """The ids a live earlier use of the key got (caller holds the lock)."""
+        now = time.monotonic()
+        if len(self._answered) > 1024:  # forget expired keys, in bulk
+            self._answered = {k: v for k, v in self._answered.items() if v[0] > now}
+        found = self._answered.get(idempotency.key)
+        if found is None or found[0] <= now:
+            return None
+        if found[1] != idempotency.fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was used for a different request within "
+                f"{idempotency.seconds:g} s; use a new key for a new publish"
+            )
+        return list(found[2])
 
     def _broadcast(self, deliver: Callable[[list[Published]], None]) -> None:
         inbox = self._inbox

@@ -36,7 +36,10 @@ What this guarantees, and what it costs: docs/protocol.md#redis.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import math
 import queue
 import re
 import secrets
@@ -52,9 +55,17 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..broker import PAGE_BYTES, Backend, Published, Replay, ReplayInterrupted, Sink
-from ..errors import BackendUnavailable, BatchTooLarge, ConfigError
-from ..wire import CHANNEL_PATTERN, Event, encode_gap, frame
+from ..broker import (
+    PAGE_BYTES,
+    Backend,
+    Idempotency,
+    Published,
+    Replay,
+    ReplayInterrupted,
+    Sink,
+)
+from ..errors import BackendUnavailable, BatchTooLarge, ConfigError, IdempotencyConflict
+from ..wire import CHANNEL_PATTERN, CONTROL_CHANNEL, Event, encode_gap, frame
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -121,24 +132,42 @@ def check_version(found: str) -> str | None:
 # A batch larger than the window could not be retained whole: refused.
 _PUBLISH_SCRIPT = """
 local done = redis.call('GET', KEYS[4])
-if done then return cjson.decode(done) end
+if done then
+  local answer = cjson.decode(done)
+  if answer.f ~= ARGV[2] then return redis.error_reply('SSEHUB_CONFLICT') end
+  return answer.ids
+end
 local window = tonumber(ARGV[1])
 local shared = tonumber(redis.call('GET', KEYS[3]) or '0')
 if shared > window then window = shared
 elseif shared < window then redis.call('SET', KEYS[3], window) end
-local count = (#ARGV - 1) / 2
+local count = (#ARGV - 3) / 2
 if count > window then
   return redis.error_reply('SSEHUB_TOO_LARGE ' .. window)
 end
 local n = redis.call('INCRBY', KEYS[2], count) - count
 local ids = {}
-for i = 2, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   n = n + 1
   ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', window, '*',
                              'c', ARGV[i], 'b', ARGV[i + 1], 'n', n)
 end
-redis.call('SET', KEYS[4], cjson.encode(ids), 'EX', 30)
+redis.call('SET', KEYS[4], cjson.encode({ids = ids, f = ARGV[2]}), 'EX', ARGV[3])
 return ids
+"""
+
+# Presence: every worker listed in KEYS[1] whose snapshot (ARGV[2] .. worker,
+# expiring with its lease) has an entry for channel ARGV[1]; -> worker, entry, ...
+_PRESENCE_SCRIPT = """
+local found = {}
+for _, worker in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local entry = redis.call('HGET', ARGV[2] .. worker, ARGV[1])
+  if entry then
+    found[#found + 1] = worker
+    found[#found + 1] = entry
+  end
+end
+return found
 """
 
 _WINDOW_SCRIPT = """
@@ -231,11 +260,16 @@ def _decode_entry(fields: dict[bytes, bytes]) -> tuple[str, bytes, int | None] |
     if not isinstance(channel, bytes) or not isinstance(body, bytes):
         return None
     name = channel.decode("ascii", "replace")
+    if name == CONTROL_CHANNEL:
+        return name, body, _number(number)
     # A body that is not one whole event would corrupt the events after it.
     if CHANNEL_PATTERN.fullmatch(name) is None or not body.endswith(b"\n\n"):
         return None
-    n = int(number) if isinstance(number, bytes) and number.isdigit() else None
-    return name, body, n
+    return name, body, _number(number)
+
+
+def _number(value: bytes | None) -> int | None:
+    return int(value) if isinstance(value, bytes) and value.isdigit() else None
 
 
 def neutralise_url(url: str) -> str:
@@ -431,6 +465,7 @@ class RedisBackend(Backend):
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
         self._window_script = self._client.register_script(_WINDOW_SCRIPT)
         self._anchor_script = self._client.register_script(_ANCHOR_SCRIPT)
+        self._presence_script = self._client.register_script(_PRESENCE_SCRIPT)
         self._stop = threading.Event()
         self._started_at = time.time()
         self._ready = threading.Event()
@@ -446,6 +481,8 @@ class RedisBackend(Backend):
         self.published = 0
         self.reconnects = 0
         self.holes = 0
+        #: Seconds between the last entry's XADD and this broadcaster reading it.
+        self.broadcaster_lag = 0.0
         self._probe_version()
 
     def _keys(self, *suffixes: str) -> list[str]:
@@ -463,13 +500,22 @@ class RedisBackend(Backend):
 
     # -- publishing ---------------------------------------------------------
 
-    def publish(self, events: Sequence[Event]) -> list[str]:
+    def publish(
+        self, events: Sequence[Event], idempotency: Idempotency | None = None,
+    ) -> list[str]:
         if self._refusal is not None:
             raise BackendUnavailable(self._refusal)
-        args: list[str | bytes | int] = [self.history_size]
+        # The script remembers each call's ids under a key: a retry of the
+        # same call (below) and a repeat of an Idempotency-Key get them back.
+        if idempotency is None:
+            answer = f"published:{secrets.token_hex(12)}"
+            args: list[str | bytes | int] = [self.history_size, "", 30]
+        else:
+            answer = "idempotency:" + hashlib.sha256(idempotency.key.encode()).hexdigest()
+            args = [self.history_size, idempotency.fingerprint, math.ceil(idempotency.seconds)]
         for event in events:
             args += [event.channel, event.body]
-        keys = self._keys("seq", "window", f"published:{secrets.token_hex(12)}")
+        keys = self._keys("seq", "window", answer)
         deadline = time.monotonic() + self.timeout
         sent = False  # whether any attempt got as far as sending the script
         while True:
@@ -487,6 +533,11 @@ class RedisBackend(Backend):
                     raise BackendUnavailable(f"Redis unavailable ({exc}): {outcome}") from None
                 time.sleep(0.02)
             except redis.ResponseError as exc:
+                if str(exc).startswith("SSEHUB_CONFLICT"):
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used for a different request; "
+                        "use a new key for a new publish"
+                    ) from None
                 if str(exc).startswith("SSEHUB_TOO_LARGE"):
                     window = str(exc).split()[1]
                     raise BatchTooLarge(
@@ -497,7 +548,7 @@ class RedisBackend(Backend):
             except redis.RedisError as exc:  # e.g. OOM: Redis refused the script
                 raise BackendUnavailable(f"Redis refused the publish: {exc}") from None
         decoded = [_text(i) for i in ids]
-        self.published += len(decoded)
+        self.published += sum(event.channel != CONTROL_CHANNEL for event in events)
         return decoded
 
     def _publish_once(self, keys: list[str], args: list[Any], deadline: float) -> Any:
@@ -711,7 +762,10 @@ class RedisBackend(Backend):
                     self._last_n + 1, n - 1, self.key,
                 )
                 self._hole(sink, _previous_id(event_id))
-            run.append(Published(event_id, channel, frame(event_id, body)))
+            # Redis stamped the id with its clock (ms): the publish time, for the lag metric.
+            at = int(event_id.partition("-")[0]) / 1000
+            run.append(Published(event_id, channel, frame(event_id, body), at))
+            self.broadcaster_lag = max(0.0, time.time() - at)
             self._last_id = event_id
             if n is not None:
                 self._last_n = n
@@ -801,6 +855,47 @@ class RedisBackend(Backend):
                 yield Published(position, "", encode_gap(last, position))
                 last = position
 
+    # -- presence -------------------------------------------------------------
+
+    shares_presence = True
+
+    def share_presence(self, worker: str, snapshot: dict[str, str], lease: float) -> None:
+        """Replace this worker's snapshot; it expires with the lease unless renewed."""
+        mine, workers = self._keys(f"presence:{worker}", "presence")[1:]
+        try:
+            with self._slot("presence"), self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(mine)
+                if snapshot:
+                    pipe.hset(mine, mapping=snapshot)  # type: ignore[arg-type]
+                    pipe.pexpire(mine, int(lease * 1000))
+                now_ms = int(time.time() * 1000)
+                pipe.zadd(workers, {worker: now_ms})
+                # Workers silent for an hour are long gone: keep the index short.
+                pipe.zremrangebyscore(workers, "-inf", now_ms - 3_600_000)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis unavailable ({exc}): presence not shared") from None
+
+    def shared_presence(self, channel: str) -> dict[str, str]:
+        try:
+            with self._slot("presence"):
+                found = self._presence_script(
+                    keys=[f"{self.key}:presence"], args=[channel, f"{self.key}:presence:"],
+                )
+        except redis.RedisError as exc:
+            raise BackendUnavailable(f"Redis unavailable ({exc}): presence unknown") from None
+        return {_text(found[i]): _text(found[i + 1]) for i in range(0, len(found) - 1, 2)}
+
+    @contextlib.contextmanager
+    def _slot(self, what: str) -> Iterator[None]:
+        """One of the pooled connections, within one attempt's time, for ``what``."""
+        if not self._slots.acquire(timeout=self._attempt):
+            raise BackendUnavailable(f"every Redis connection is busy: {what} not done")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
     # -- health ---------------------------------------------------------------
 
     def healthy(self) -> bool:
@@ -830,6 +925,7 @@ class RedisBackend(Backend):
             "redis_broadcaster_running": self._running,
             "redis_window": self.window,
             "redis_holes": self.holes,
+            "redis_broadcaster_lag_seconds": round(self.broadcaster_lag, 6),
         }
 
 

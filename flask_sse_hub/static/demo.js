@@ -357,6 +357,7 @@
       setNumber("gaps", stats.gaps_reported);
       $("stats-backend").textContent = stats.backend || "–";
       renderChannels(stats.channels || {});
+      await refreshPresence();
       status.textContent = `updated ${clock(new Date())} · this worker`;
       status.classList.remove("error");
       $("stats-panel").classList.remove("stale");
@@ -368,6 +369,40 @@
     } finally {
       if (round === statsRound) statsTimer = setTimeout(refreshStats, STATS_EVERY_MS);
     }
+  }
+
+  // -- presence and ending streams -------------------------------------------------
+
+  async function refreshPresence() {
+    const items = [];
+    for (const channel of channels.slice(0, 8)) {
+      const answer = await fetch(`presence?channel=${encodeURIComponent(channel)}`, { cache: "no-store" });
+      if (!answer.ok) continue; // e.g. 403 away from loopback without SSE_STATS_TOKEN
+      const found = await answer.json();
+      const who = found.subjects.length ? `: ${found.subjects.join(", ")}` : "";
+      const item = element("li", "", `${found.channel} — ${found.occupancy} stream(s)${who}`);
+      item.dataset.channel = found.channel;
+      item.dataset.occupancy = String(found.occupancy);
+      items.push(item);
+    }
+    $("presence").replaceChildren(...items);
+  }
+
+  async function endStreams() {
+    const headers = { "Content-Type": "application/json" };
+    const token = $("token").value.trim();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const ended = [];
+    for (const channel of channels) {
+      const answer = await fetch("disconnect", { method: "POST", headers, body: JSON.stringify({ channel }) });
+      if (!answer.ok) {
+        const reason = (await answer.json().catch(() => ({}))).error || answer.statusText;
+        $("end-result").textContent = `refused (${answer.status}): ${reason}`;
+        return;
+      }
+      ended.push(channel);
+    }
+    $("end-result").textContent = `ended the streams of ${ended.join(", ")}; they reconnect and resume`;
   }
 
   // -- wiring ---------------------------------------------------------------------
@@ -385,6 +420,7 @@
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("publish-form").requestSubmit();
   });
   $("clear").addEventListener("click", clearEvents);
+  $("end-streams").addEventListener("click", endStreams);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshStats(); });
 
   readPageQuery();

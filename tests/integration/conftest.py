@@ -102,6 +102,15 @@ class HubStream(SSEClient):
         """Every event up to and including the first whose data is ``data``."""
         return self.until(lambda event: event.data == data, timeout)
 
+    def messages(self, count: int, timeout: float = 10.0) -> list[str]:
+        """The data of the next ``count`` ordinary events (the hub's own ones skipped)."""
+        got: list[str] = []
+        while len(got) < count:
+            event = self.next_event(timeout)
+            if event.type == "message":
+                got.append(event.data)
+        return got
+
     def until_id(self, event_id: str, timeout: float = 10.0) -> list[Event]:
         """Every event up to and including the one with id ``event_id``."""
         return self.until(lambda event: event.last_event_id == event_id, timeout)

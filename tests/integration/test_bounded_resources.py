@@ -127,20 +127,8 @@ def own_redis(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[str]:
         server.kill()
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_resuming_clients_that_never_read_hold_about_a_page_each(
-    backend: str, start_hub: HubLauncher, request: pytest.FixtureRequest,
-) -> None:
-    # An empty SSE_REDIS_URL is the memory backend.
-    redis_url = request.getfixturevalue("own_redis") if backend == "redis" else ""
-    hub = start_hub(
-        SSE_HISTORY_SIZE=HISTORY, SSE_MAX_EVENT_BYTES=2 * EVENT_DATA_BYTES,
-        SSE_HEARTBEAT_SECONDS=30, SSE_REDIS_URL=redis_url,
-    )
-    assert hub.stats()["backend"] == backend
-    worker = hub.worker_pid()
-
+def publish_the_history(hub: HubServer) -> tuple[list[str], float]:
+    """HISTORY large events in batches, all fanned out; their ids and how long it took."""
     started = time.monotonic()
     ids: list[str] = []
     for first in range(0, HISTORY, BATCH):
@@ -156,37 +144,81 @@ def test_resuming_clients_that_never_read_hold_about_a_page_each(
     wait_until(lambda: start_position(hub), lambda position: position == ids[-1],
                timeout=10, what=f"the broadcaster at {ids[-1]}", log=hub.log_text)
     hub.wait_for_stats(lambda s: s["subscribers"] == 0, what="the probes gone")
+    return ids, publish_seconds
+
+
+def open_resumes_without_reading(
+    hub: HubServer, backend: str, first_id: str, socks: list[socket.socket]
+) -> float:
+    """FROM_FIRST_ID resumes from ``first_id``, FROM_GARBAGE_ID from unknown ids, none read.
+
+    Their sockets go onto ``socks``; returns how long opening them took.
+    """
+    clients = FROM_FIRST_ID + FROM_GARBAGE_ID
+    opening = time.monotonic()
+    deadline = opening + OPEN_SECONDS
+    for n in range(clients):
+        resume_from = first_id if n < FROM_FIRST_ID else f"garbage-{n}"
+        try:
+            socks.append(open_without_reading(
+                hub.port, "/stream?channel=big", {"Last-Event-ID": resume_from}, deadline))
+        except TimeoutError:
+            pytest.fail(
+                f"[{backend}] only {len(socks)} of {clients} resuming streams got their "
+                f"response head within {OPEN_SECONDS:.0f}s (the memory backend takes ~3s); "
+                f"stats {hub.stats()}\n--- server log ---\n{hub.log_text()[-4000:]}"
+            )
+    opened_seconds = time.monotonic() - opening
+    hub.wait_for_stats(
+        lambda s: s["subscribers"] == clients and s["replays_served"] == clients,
+        what=f"{clients} replaying subscribers",
+    )
+    return opened_seconds
+
+
+def hold_and_watch(hub: HubServer, worker: int) -> tuple[float, list[float]]:
+    """For HOLD_SECONDS: the worker's peak RSS (MB), and how long each /healthz took."""
+    peak = rss_mb(worker)
+    healthz: list[float] = []
+    hold_until = time.monotonic() + HOLD_SECONDS
+    while time.monotonic() < hold_until:
+        healthz.append(timed_healthz(hub))
+        for _ in range(5):
+            peak = max(peak, rss_mb(worker))
+            time.sleep(0.05)  # the sampling interval, not an assertion
+    return peak, healthz
+
+
+def assert_delivered_after_the_replays(hub: HubServer) -> None:
+    hub.wait_for_stats(lambda s: s["subscribers"] == 0, what="every replay ended", timeout=10)
+    after = hub.subscribe("big")
+    event_id = hub.publish("after the replays", channel="big")
+    event = after.next_event(timeout=5)
+    assert (event.data, event.last_event_id) == ("after the replays", event_id)
+    assert "Traceback" not in hub.log_text()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_resuming_clients_that_never_read_hold_about_a_page_each(
+    backend: str, start_hub: HubLauncher, request: pytest.FixtureRequest,
+) -> None:
+    # An empty SSE_REDIS_URL is the memory backend.
+    redis_url = request.getfixturevalue("own_redis") if backend == "redis" else ""
+    hub = start_hub(
+        SSE_HISTORY_SIZE=HISTORY, SSE_MAX_EVENT_BYTES=2 * EVENT_DATA_BYTES,
+        SSE_HEARTBEAT_SECONDS=30, SSE_REDIS_URL=redis_url,
+    )
+    assert hub.stats()["backend"] == backend
+    worker = hub.worker_pid()
+    ids, publish_seconds = publish_the_history(hub)
     baseline = rss_mb(worker)
 
     socks: list[socket.socket] = []
     clients = FROM_FIRST_ID + FROM_GARBAGE_ID
     try:
-        opening = time.monotonic()
-        deadline = opening + OPEN_SECONDS
-        for n in range(clients):
-            resume_from = ids[0] if n < FROM_FIRST_ID else f"garbage-{n}"
-            try:
-                socks.append(open_without_reading(
-                    hub.port, "/stream?channel=big", {"Last-Event-ID": resume_from}, deadline))
-            except TimeoutError:
-                pytest.fail(
-                    f"[{backend}] only {len(socks)} of {clients} resuming streams got their "
-                    f"response head within {OPEN_SECONDS:.0f}s (the memory backend takes ~3s); "
-                    f"stats {hub.stats()}\n--- server log ---\n{hub.log_text()[-4000:]}"
-                )
-        opened_seconds = time.monotonic() - opening
-        hub.wait_for_stats(
-            lambda s: s["subscribers"] == clients and s["replays_served"] == clients,
-            what=f"{clients} replaying subscribers",
-        )
-        peak = rss_mb(worker)
-        healthz: list[float] = []
-        hold_until = time.monotonic() + HOLD_SECONDS
-        while time.monotonic() < hold_until:
-            healthz.append(timed_healthz(hub))
-            for _ in range(5):
-                peak = max(peak, rss_mb(worker))
-                time.sleep(0.05)
+        opened_seconds = open_resumes_without_reading(hub, backend, ids[0], socks)
+        peak, healthz = hold_and_watch(hub, worker)
         stats = hub.stats()
         growth = peak - baseline
         print(
@@ -209,13 +241,7 @@ def test_resuming_clients_that_never_read_hold_about_a_page_each(
     finally:
         for sock in socks:
             sock.close()
-
-    hub.wait_for_stats(lambda s: s["subscribers"] == 0, what="every replay ended", timeout=10)
-    after = hub.subscribe("big")
-    event_id = hub.publish("after the replays", channel="big")
-    event = after.next_event(timeout=5)
-    assert (event.data, event.last_event_id) == ("after the replays", event_id)
-    assert "Traceback" not in hub.log_text()
+    assert_delivered_after_the_replays(hub)
 
 
 # -- capacity -------------------------------------------------------------------

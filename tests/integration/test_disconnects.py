@@ -262,28 +262,50 @@ def assert_refused_per_address(hub: HubServer, source: str) -> None:
     assert "SSE_MAX_CONNECTIONS_PER_IP" in json.loads(body)["error"], body
 
 
-@pytest.mark.timeout(60)
-def test_vanished_clients_are_dropped_within_dead_client_seconds(
-    start_hub: HubLauncher,
-) -> None:
-    iptables = iptables_or_skip()
+def vanishing_source_or_skip() -> None:
     try:
         with socket.socket() as probe:
             probe.bind((VANISHING, 0))
     except OSError as exc:
         pytest.skip(f"cannot use {VANISHING} as a source address: {exc}")
-    hub = start_hub(
-        SSE_DEAD_CLIENT_SECONDS=DEAD_CLIENT_SECONDS, SSE_HEARTBEAT_SECONDS=HEARTBEAT_SECONDS,
-        SSE_MAX_CONNECTIONS_PER_IP=VANISHING_STREAMS,
-    )
-    staying = hub.subscribe("stay")
+
+
+def open_vanishing_streams(hub: HubServer) -> list[RawStream]:
+    """As many streams from VANISHING as its limit allows; the limit is then in force."""
     vanishing = [RawStream(hub.port, "/stream?channel=vanish", source=VANISHING).opened()
                  for _ in range(VANISHING_STREAMS)]
     hub.wait_for_stats(
         lambda s: s["channels"].get("vanish") == VANISHING_STREAMS and s["client_addresses"] == 2,
         what="the streams of both addresses")
     assert_refused_per_address(hub, VANISHING)  # the limit is in force for that address
+    return vanishing
 
+
+def assert_the_address_is_welcome_back(hub: HubServer) -> None:
+    """The address's slots are free again: as many new streams as the limit allows."""
+    back = [RawStream(hub.port, "/stream?channel=vanish", source=VANISHING).opened()
+            for _ in range(VANISHING_STREAMS)]
+    hub.wait_for_stats(lambda s: s["channels"].get("vanish") == VANISHING_STREAMS,
+                       what=f"new streams from {VANISHING}")
+    event_id = hub.publish("welcome back", channel="vanish")
+    for stream in back:
+        assert stream.until_id(event_id, timeout=5).data == "welcome back"
+    for stream in back:
+        stream.close()
+
+
+@pytest.mark.timeout(60)
+def test_vanished_clients_are_dropped_within_dead_client_seconds(
+    start_hub: HubLauncher,
+) -> None:
+    iptables = iptables_or_skip()
+    vanishing_source_or_skip()
+    hub = start_hub(
+        SSE_DEAD_CLIENT_SECONDS=DEAD_CLIENT_SECONDS, SSE_HEARTBEAT_SECONDS=HEARTBEAT_SECONDS,
+        SSE_MAX_CONNECTIONS_PER_IP=VANISHING_STREAMS,
+    )
+    staying = hub.subscribe("stay")
+    vanishing = open_vanishing_streams(hub)
     try:
         with dropped(iptables, VANISHING):
             cut_at = time.monotonic()
@@ -305,17 +327,7 @@ def test_vanished_clients_are_dropped_within_dead_client_seconds(
     print(f"\n{VANISHING_STREAMS} vanished streams unregistered {gone:.1f}s after their "
           f"network went (SSE_DEAD_CLIENT_SECONDS={DEAD_CLIENT_SECONDS}, "
           f"heartbeat {HEARTBEAT_SECONDS}s)")
-
-    # The address's slots are free again: as many new streams as the limit allows.
-    back = [RawStream(hub.port, "/stream?channel=vanish", source=VANISHING).opened()
-            for _ in range(VANISHING_STREAMS)]
-    hub.wait_for_stats(lambda s: s["channels"].get("vanish") == VANISHING_STREAMS,
-                       what=f"new streams from {VANISHING}")
-    event_id = hub.publish("welcome back", channel="vanish")
-    for stream in back:
-        assert stream.until_id(event_id, timeout=5).data == "welcome back"
-    for stream in back:
-        stream.close()
+    assert_the_address_is_welcome_back(hub)
     # A vanished client is an everyday event (a phone leaves the network): no
     # traceback per client in the server's log.
     log = hub.log_text()

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from flask_sse_hub import mint_token
+from tests.support.threads import run_in_thread
 
 from .conftest import HOST, HubLauncher, HubServer, HubStream, wait_until
 
@@ -235,13 +236,12 @@ def test_trickling_body_gets_408_in_time(slow_body_hub: HubServer) -> None:
                     raw.sock.send(b" ")
                     sent.append(1)
 
-        thread = threading.Thread(target=trickle, daemon=True)
-        thread.start()
+        thread = run_in_thread(trickle)
         try:
             status, headers, body, took = raw.answer(timeout=10)
         finally:
             stop.set()
-            thread.join(timeout=5)
+            thread.join(5)
         assert_json_error(status, headers, body, 408)
         assert BODY_SECONDS * 0.9 <= took < LATE_BOUND, f"408 after {took:.2f}s"
         assert len(sent) >= 2, "the body did not trickle"

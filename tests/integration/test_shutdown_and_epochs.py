@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.many_streams import ManyStreams
+from tests.support.many_streams import ManyStreams, StreamHandle
 
-from .conftest import GAP_EVENT, HOST, HubLauncher, wait_until
+from .conftest import GAP_EVENT, HOST, HubLauncher, HubServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,59 @@ class FullClient:
             self.sock.close()
 
 
+def open_idle_streams(hub: HubServer, many: ManyStreams) -> list[StreamHandle]:
+    """IDLE_STREAMS open streams (their preamble read); with the full client, all registered."""
+    idle = [many.open("/stream?channel=idle") for _ in range(IDLE_STREAMS)]
+    assert many.run_until(
+        lambda: all(h.status == 200 and h.parser.comments for h in idle), timeout=20
+    ), f"{sum(h.status == 200 for h in idle)} of {IDLE_STREAMS} idle streams opened"
+    hub.wait_for_stats(lambda s: s["subscribers"] == IDLE_STREAMS + 1,
+                       what=f"{IDLE_STREAMS + 1} subscribers")
+    return idle
+
+
+def block_the_write_to(hub: HubServer, full: FullClient) -> None:
+    """Publish far more than the full client takes, until the write to it blocks."""
+    payload = "x" * EVENT_BYTES
+    published = 0
+    for _ in range(BATCHES):
+        published += len(hub.publish_batch(
+            [{"channel": "full", "data": payload}] * EVENTS_PER_BATCH
+        ))
+
+    # The write to the full client is blocked: the kernel holds bytes
+    # for it that it does not take, and the stream has not finished
+    # writing what was published (nor been dropped as slow).
+    last: dict[str, int] = {}
+
+    def blocked() -> bool:
+        stats = hub.stats()
+        queued = tcp_send_queue(hub.port, full.port) or 0
+        now = {"delivered": stats["events_delivered"], "queued": queued}
+        steady = now == last
+        last.clear()
+        last.update(now)
+        return (steady and queued > 0 and stats["events_delivered"] < published
+                and stats["subscribers_dropped_slow"] == 0)
+
+    wait_until(blocked, bool, timeout=10, interval=0.3,
+               what="the write to the full client to block", log=hub.log_text)
+
+
+def sigterm_until_streams_end(
+    hub: HubServer, many: ManyStreams, idle: list[StreamHandle]
+) -> tuple[float, float]:
+    """SIGTERM; how long until every idle stream ended, and until the master exited."""
+    sigterm_at = time.monotonic()
+    hub.terminate()
+    assert many.run_until(lambda: all(h.closed for h in idle), timeout=EXIT_BOUND), (
+        f"{sum(not h.closed for h in idle)} of {IDLE_STREAMS} idle streams still open "
+        f"{EXIT_BOUND}s after SIGTERM"
+    )
+    ended_after = time.monotonic() - sigterm_at
+    return ended_after, hub.wait_exit(timeout=EXIT_BOUND)
+
+
 def test_sigterm_with_a_blocked_write_and_300_idle_streams_exits_within_3s(
     start_hub: HubLauncher,
 ) -> None:
@@ -99,49 +152,13 @@ def test_sigterm_with_a_blocked_write_and_300_idle_streams_exits_within_3s(
     full = FullClient(hub.port, "full")
     try:
         with ManyStreams(HOST, hub.port) as many:
-            idle = [many.open("/stream?channel=idle") for _ in range(IDLE_STREAMS)]
-            assert many.run_until(
-                lambda: all(h.status == 200 and h.parser.comments for h in idle), timeout=20
-            ), f"{sum(h.status == 200 for h in idle)} of {IDLE_STREAMS} idle streams opened"
-            hub.wait_for_stats(lambda s: s["subscribers"] == IDLE_STREAMS + 1,
-                               what=f"{IDLE_STREAMS + 1} subscribers")
-
-            payload = "x" * EVENT_BYTES
-            published = 0
-            for _ in range(BATCHES):
-                published += len(hub.publish_batch(
-                    [{"channel": "full", "data": payload}] * EVENTS_PER_BATCH
-                ))
-
-            # The write to the full client is blocked: the kernel holds bytes
-            # for it that it does not take, and the stream has not finished
-            # writing what was published (nor been dropped as slow).
-            last: dict[str, int] = {}
-
-            def blocked() -> bool:
-                stats = hub.stats()
-                queued = tcp_send_queue(hub.port, full.port) or 0
-                now = {"delivered": stats["events_delivered"], "queued": queued}
-                steady = now == last
-                last.clear()
-                last.update(now)
-                return (steady and queued > 0 and stats["events_delivered"] < published
-                        and stats["subscribers_dropped_slow"] == 0)
-
-            wait_until(blocked, bool, timeout=10, interval=0.3,
-                       what="the write to the full client to block", log=hub.log_text)
+            idle = open_idle_streams(hub, many)
+            block_the_write_to(hub, full)
             stats = hub.stats()
             assert stats["subscribers"] == IDLE_STREAMS + 1, stats
             assert not any(h.closed for h in idle), "an idle stream ended before the SIGTERM"
 
-            sigterm_at = time.monotonic()
-            hub.terminate()
-            assert many.run_until(lambda: all(h.closed for h in idle), timeout=EXIT_BOUND), (
-                f"{sum(not h.closed for h in idle)} of {IDLE_STREAMS} idle streams still open "
-                f"{EXIT_BOUND}s after SIGTERM"
-            )
-            ended_after = time.monotonic() - sigterm_at
-            took = hub.wait_exit(timeout=EXIT_BOUND)
+            ended_after, took = sigterm_until_streams_end(hub, many, idle)
             # Each ended by the hub (its connection cut, or its terminating
             # chunk): an EventSource reconnects, to another worker.
             assert {h.status for h in idle} == {200}
@@ -157,26 +174,19 @@ def test_sigterm_with_a_blocked_write_and_300_idle_streams_exits_within_3s(
     assert "graceful timeout" not in log and "worker timeout" not in log, hub.log_text()
 
 
-def test_preloaded_app_gives_a_replacement_worker_a_new_epoch(start_hub: HubLauncher) -> None:
-    hub = start_hub(GUNICORN_CMD_ARGS="--preload", SSE_HEARTBEAT_SECONDS=60)
+def assert_hub_created_in_the_master(hub: HubServer) -> int:
+    """The app (and its hub) was created in the master, before the fork; its pid."""
     master = hub.proc.pid if hub.proc is not None else 0
-    # The app (and its hub) was created in the master, before the fork.
     ready = re.search(r"\[(\d+)\] \[INFO\] hub 'sse' ready", hub.log_text())
     assert ready and int(ready.group(1)) == master, (
         f"the hub was not created in the master ({master}): --preload not in effect\n"
         f"{hub.log_text()}"
     )
-    (worker,) = wait_until(lambda: children(master), lambda pids: len(pids) == 1, timeout=5,
-                           what="one worker")
+    return master
 
-    stream = hub.subscribe("epochs")
-    old_id = hub.publish("from the first worker", channel="epochs")
-    assert stream.next_event(timeout=5).last_event_id == old_id
-    old_epoch = hub.stats()["epoch"]
-    assert old_id.startswith(f"{old_epoch}-"), (old_id, old_epoch)
 
-    os.kill(worker, signal.SIGKILL)
-    stream.read_until_closed(timeout=5)  # its worker is gone
+def wait_for_a_new_worker(hub: HubServer, master: int, worker: int) -> int:
+    """The pid of the worker the master forked instead of ``worker``, once it answers."""
 
     def replaced() -> list[int]:
         pids = children(master)
@@ -189,6 +199,24 @@ def test_preloaded_app_gives_a_replacement_worker_a_new_epoch(start_hub: HubLaun
         replaced, lambda pids: len(pids) == 1 and pids[0] != worker, timeout=15,
         what="a new worker answering /healthz", log=hub.log_text,
     )
+    return new_worker
+
+
+def test_preloaded_app_gives_a_replacement_worker_a_new_epoch(start_hub: HubLauncher) -> None:
+    hub = start_hub(GUNICORN_CMD_ARGS="--preload", SSE_HEARTBEAT_SECONDS=60)
+    master = assert_hub_created_in_the_master(hub)
+    (worker,) = wait_until(lambda: children(master), lambda pids: len(pids) == 1, timeout=5,
+                           what="one worker")
+
+    stream = hub.subscribe("epochs")
+    old_id = hub.publish("from the first worker", channel="epochs")
+    assert stream.next_event(timeout=5).last_event_id == old_id
+    old_epoch = hub.stats()["epoch"]
+    assert old_id.startswith(f"{old_epoch}-"), (old_id, old_epoch)
+
+    os.kill(worker, signal.SIGKILL)
+    stream.read_until_closed(timeout=5)  # its worker is gone
+    new_worker = wait_for_a_new_worker(hub, master, worker)
     # Events in the new worker: an old id mistaken for a position here would
     # replay from the middle of them, without a gap.
     new_ids = [hub.publish(f"new {n}", channel="epochs") for n in range(3)]

@@ -15,14 +15,14 @@ events, then nothing until the hub has dropped it.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
 
 from tests.support.sse_parser import Event, parse_stream
+from tests.support.threads import Worker, run_in_thread
 
-from .conftest import GAP_EVENT, HOST, HubLauncher, wait_until
+from .conftest import GAP_EVENT, HOST, HubLauncher, HubServer, HubStream, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,46 @@ class StalledClient:
         self.sock.close()
 
 
+def read_until_end(stream: HubStream, received: list[Event]) -> None:
+    """Read ``stream`` into ``received`` up to the event whose data is ``end``."""
+    while not received or received[-1].data != "end":
+        received.append(stream.next_event(timeout=30))
+
+
+def publish_until_one_is_dropped(
+    hub: HubServer, ids: list[str], received: list[Event], reader: Worker
+) -> None:
+    """Publish batches (their ids onto ``ids``) until the hub drops a slow subscriber.
+
+    After each batch the normal client (``reader``) must have caught up: it
+    is never more than one batch behind.
+    """
+    payload = "x" * EVENT_DATA_BYTES
+    for _ in range(MAX_BATCHES):
+        ids += hub.publish_batch(
+            [{"channel": "firehose", "data": f"{len(ids) + n} {payload}"} for n in range(BATCH)]
+        )
+
+        def caught_up(count: int, target: int = len(ids)) -> bool:
+            return count >= target or reader.failed
+
+        wait_until(received.__len__, caught_up, timeout=20,
+                   what=f"the normal client to read {len(ids)} events")
+        reader.check()
+        if hub.stats()["subscribers_dropped_slow"] >= 1:
+            return
+    pytest.fail(f"the stalled subscriber was not dropped after {len(ids)} events\n"
+                f"{hub.stats()}")
+
+
+def read_what_was_in_flight(stalled: StalledClient, ids: list[str]) -> list[str]:
+    """The dropped connection has ended: what was in flight, in order, then EOF."""
+    seen_ids = [e.last_event_id for e in stalled.read_to_eof(timeout=30)]
+    assert seen_ids == ids[: len(seen_ids)], "the stalled client got events out of order"
+    assert len(seen_ids) < len(ids)
+    return seen_ids
+
+
 def test_slow_consumer_is_dropped_while_others_get_everything_and_it_resumes_losslessly(
     start_hub: HubLauncher,
 ) -> None:
@@ -117,36 +157,9 @@ def test_slow_consumer_is_dropped_while_others_get_everything_and_it_resumes_los
         hub.wait_subscribers("firehose", 2)
         ids = [hub.publish(f"warm-up {n}", channel="firehose") for n in range(3)]
         stalled.read_until_events(3, timeout=5)  # ... and from now on it reads nothing
-
         received: list[Event] = []
-        failures: list[BaseException] = []
-
-        def read_normal() -> None:
-            try:
-                while not received or received[-1].data != "end":
-                    received.append(normal.next_event(timeout=30))
-            except BaseException as exc:  # reported by the main thread
-                failures.append(exc)
-
-        reader = threading.Thread(target=read_normal, daemon=True)
-        reader.start()
-        payload = "x" * EVENT_DATA_BYTES
-        for _ in range(MAX_BATCHES):
-            ids += hub.publish_batch(
-                [{"channel": "firehose", "data": f"{len(ids) + n} {payload}"} for n in range(BATCH)]
-            )
-            # The normal client keeps up: never more than one batch behind.
-            def caught_up(count: int, target: int = len(ids)) -> bool:
-                return count >= target or bool(failures)
-
-            wait_until(received.__len__, caught_up, timeout=20,
-                       what=f"the normal client to read {len(ids)} events")
-            assert not failures, failures
-            if hub.stats()["subscribers_dropped_slow"] >= 1:
-                break
-        else:
-            pytest.fail(f"the stalled subscriber was not dropped after {len(ids)} events\n"
-                        f"{hub.stats()}")
+        reader = run_in_thread(read_until_end, normal, received)
+        publish_until_one_is_dropped(hub, ids, received, reader)
 
         stats = hub.stats()
         assert stats["subscribers_dropped_slow"] == 1, stats
@@ -154,12 +167,7 @@ def test_slow_consumer_is_dropped_while_others_get_everything_and_it_resumes_los
         # Published while the dropped client is away.
         ids += hub.publish_batch([{"channel": "firehose", "data": f"after drop {n}"}
                                   for n in range(BATCH)])
-
-        # The dropped connection has ended: what was in flight, then EOF.
-        seen = stalled.read_to_eof(timeout=30)
-        seen_ids = [e.last_event_id for e in seen]
-        assert seen_ids == ids[: len(seen_ids)], "the stalled client got events out of order"
-        assert len(seen_ids) < len(ids)
+        seen_ids = read_what_was_in_flight(stalled, ids)
 
         resumed = hub.subscribe("firehose", headers={"Last-Event-ID": seen_ids[-1]})
         end_id = hub.publish("end", channel="firehose")
@@ -167,8 +175,7 @@ def test_slow_consumer_is_dropped_while_others_get_everything_and_it_resumes_los
         assert GAP_EVENT not in {e.type for e in rest}
         assert seen_ids + [e.last_event_id for e in rest] == [*ids, end_id]
 
-        reader.join(timeout=30)
-        assert not failures, failures
+        reader.join(30)
         assert [e.last_event_id for e in received] == [*ids, end_id]
         assert not normal.stream_ended
         assert hub.stats()["subscribers_dropped_slow"] == 1, "the normal client was dropped too"

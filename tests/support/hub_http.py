@@ -55,3 +55,9 @@ def publish(app: Flask, body: Any, headers: dict[str, str] | None = None) -> Tes
 def published(app: Flask) -> int:
     count: int = flask_sse_hub.hubs(app)["sse"].broker.stats()["events_published"]
     return count
+
+
+def subscribers(app: Flask, name: str = "sse") -> int:
+    """How many streams the hub of blueprint ``name`` holds right now."""
+    count: int = flask_sse_hub.hubs(app)[name].broker.stats()["subscribers"]
+    return count

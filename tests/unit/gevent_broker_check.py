@@ -15,7 +15,6 @@ monkey.patch_all()
 import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from flask_sse_hub.backends.memory import MemoryBackend  # noqa: E402
 from flask_sse_hub.broker import Broker  # noqa: E402
+from tests.support.threads import run_in_thread  # noqa: E402
 from tests.unit.test_broker import run_fanout_scenario, run_resume_race  # noqa: E402
 
 #: Far more than a pass takes (a few seconds); the pytest side waits longer still.
@@ -59,9 +59,7 @@ def check_patched() -> None:
     for lock in (broker._lock, broker.backend._lock):  # type: ignore[attr-defined]
         assert not isinstance(lock, native_lock), "the broker holds an OS lock, not gevent's"
     ran_in: list[object] = []
-    worker = threading.Thread(target=lambda: ran_in.append(gevent.getcurrent()))
-    worker.start()
-    worker.join(5)
+    run_in_thread(lambda: ran_in.append(gevent.getcurrent())).join(5)
     assert ran_in and isinstance(ran_in[0], gevent.Greenlet), f"a thread ran in {ran_in}"
 
 

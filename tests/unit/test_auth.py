@@ -43,7 +43,14 @@ from flask_sse_hub import Forbidden, SSEBlueprint, Unauthorized
 from flask_sse_hub.auth import LEEWAY_SECONDS, CorsPolicy, Grants, TokenVerifier
 from flask_sse_hub.config import HubConfig
 from tests.support.flask_stream import WAIT, OpenStream
-from tests.support.hub_http import get_stream, open_stream, publish, published, refused
+from tests.support.hub_http import (
+    get_stream,
+    open_stream,
+    publish,
+    published,
+    refused,
+    subscribers,
+)
 from tests.support.sse_parser import Event
 from tests.support.tokens import (
     ALL,
@@ -120,11 +127,6 @@ def verifier(**config: Any) -> TokenVerifier:
 
 
 # -- apps ----------------------------------------------------------------------------
-
-
-def subscribers(app: Flask) -> int:
-    count: int = flask_sse_hub.hubs(app)["sse"].broker.stats()["subscribers"]
-    return count
 
 
 # == grants: which channels an entry matches ===========================================
@@ -362,10 +364,10 @@ def test_an_absurd_exp_is_not_a_server_error() -> None:
 
 @pytest.mark.parametrize("name", BAD_TOKEN_NAMES)
 def test_bad_token_refuses_the_stream_with_401(
-    name: str, keys: dict[str, KeyPair], make_hub_app: Callable[..., Flask]
+    name: str, keys: dict[str, KeyPair], make_app: Callable[..., Flask]
 ) -> None:
     token, config = _bad_tokens(keys)[name]
-    app = make_hub_app(**config)
+    app = make_app(standalone=True, **config)
     headers = {} if token is None else bearer(token) if token else {}
     query = "?channel=orders" + ("&token=" if token == "" else "")
     response = get_stream(app, query, headers=headers)
@@ -378,10 +380,10 @@ def test_bad_token_refuses_the_stream_with_401(
 @pytest.mark.parametrize("name", ["missing", "bad-signature", "expired-beyond-leeway",
                                   "alg-none", "hs256-with-public-pem-both", "sse-not-an-object"])
 def test_bad_token_refuses_publish_with_401(
-    name: str, keys: dict[str, KeyPair], make_hub_app: Callable[..., Flask]
+    name: str, keys: dict[str, KeyPair], make_app: Callable[..., Flask]
 ) -> None:
     token, config = _bad_tokens(keys)[name]
-    app = make_hub_app(**config)
+    app = make_app(standalone=True, **config)
     response = publish(app, {"channel": "orders", "data": 1},
                        bearer(token) if token is not None else None)
     expected = CHALLENGE if token is None else INVALID_TOKEN_CHALLENGE
@@ -410,8 +412,8 @@ def test_token_from_header_query_or_cookie(jwt_app: Flask) -> None:
     assert subscribers(jwt_app) == 0
 
 
-def test_cookie_name_is_configurable(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_JWT_SECRET=SECRET, SSE_JWT_COOKIE="hub_jwt")
+def test_cookie_name_is_configurable(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True, SSE_JWT_SECRET=SECRET, SSE_JWT_COOKIE="hub_jwt")
     token = mint({"subscribe": ["orders"]})
     stream = open_stream(app, "?channel=orders", cookies={"hub_jwt": token})
     stream.close()
@@ -496,8 +498,8 @@ def test_head_needs_a_token_too_and_is_not_a_subscription(jwt_app: Flask) -> Non
     assert subscribers(jwt_app) == 0
 
 
-def test_without_jwt_settings_tokens_are_ignored(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
+def test_without_jwt_settings_tokens_are_ignored(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True)
     open_stream(app, "?channel=orders&token=garbage", cookies={"sse_token": "garbage"}).close()
     open_stream(app, "?channel=orders", headers=bearer("garbage")).close()
 
@@ -530,8 +532,8 @@ def test_a_long_lived_token_keeps_the_stream_open(jwt_app: Flask) -> None:
         stream.close()
 
 
-def test_resume_is_checked_before_any_replay(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_JWT_SECRET=SECRET, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
+def test_resume_is_checked_before_any_replay(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True, SSE_JWT_SECRET=SECRET, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
     auth = bearer(PUBLISH_TOKEN)
     first = publish(app, {"channel": "a", "data": "a0"}, auth).get_json()["id"]
     ids = publish(app, [{"channel": "a", "data": "a1"}, {"channel": "b", "data": "b1"},
@@ -566,9 +568,9 @@ def test_refusals_log_no_token(
 
 
 def test_public_key_hub_end_to_end(
-    make_hub_app: Callable[..., Flask], rsa_key: KeyPair, ed_key: KeyPair
+    make_app: Callable[..., Flask], rsa_key: KeyPair, ed_key: KeyPair
 ) -> None:
-    app = make_hub_app(SSE_JWT_PUBLIC_KEY=rsa_key.public_pem)
+    app = make_app(standalone=True, SSE_JWT_PUBLIC_KEY=rsa_key.public_pem)
     sub = mint({"subscribe": ["orders"]}, key=rsa_key.private, alg="RS256")
     pub = mint({"publish": ["orders"]}, key=rsa_key.private, alg="RS256")
     stream = open_stream(app, "?channel=orders", headers=bearer(sub))
@@ -660,9 +662,10 @@ def assert_no_cors(response: TestResponse) -> None:
 
 
 @pytest.fixture
-def cors_app(make_hub_app: Callable[..., Flask]) -> Flask:
-    return make_hub_app(SSE_CORS_ORIGINS=f"HTTPS://App.Example.com:443/, {OTHER_ORIGIN}",
-                        SSE_JWT_SECRET=SECRET)
+def cors_app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(standalone=True,
+                    SSE_CORS_ORIGINS=f"HTTPS://App.Example.com:443/, {OTHER_ORIGIN}",
+                    SSE_JWT_SECRET=SECRET)
 
 
 def _answers(app: Flask, origin: str) -> dict[str, TestResponse]:
@@ -759,9 +762,9 @@ def test_cors_preflight(cors_app: Flask, path: str, method: str, allowed: set[st
 
 
 def test_cors_star_allows_any_origin_never_with_credentials(
-    make_hub_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
-    app = make_hub_app(SSE_CORS_ORIGINS="*", SSE_JWT_SECRET=SECRET)
+    app = make_app(standalone=True, SSE_CORS_ORIGINS="*", SSE_JWT_SECRET=SECRET)
     for origin in (ORIGIN, "https://anyone.example", "null"):
         for name, response in _answers(app, origin).items():
             headers = cors_headers(response)
@@ -778,8 +781,8 @@ def test_cors_star_allows_any_origin_never_with_credentials(
         assert "Last-Event-ID" in headers["Access-Control-Allow-Headers"]
 
 
-def test_cors_off_sends_nothing(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
+def test_cors_off_sends_nothing(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True)
     client = app.test_client()
     o = {"Origin": ORIGIN}
     stream = client.get("/stream?channel=orders", headers=o, buffered=False)

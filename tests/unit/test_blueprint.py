@@ -1,7 +1,9 @@
-"""The library API and the subscribe endpoint through Flask's test client.
+"""The blueprint (``blueprint.py``) through Flask's test client: publish, subscribe, refuse, resume.
 
-The blueprint and publish() (docs/protocol.md#library, docs/protocol.md#subscribe-api);
-the CLI is tested in test_cli.py, the standalone app in test_server.py.
+``SSEBlueprint`` and its hub (docs/protocol.md#library, docs/protocol.md#subscribe-api);
+the module-level ``publish()``/``publish_many()``/``shutdown()`` are tested in
+test_api.py, what a stream's body sends and when it ends in test_stream.py,
+the CLI in test_cli.py, the standalone app in test_server.py.
 
 Streams are opened with ``buffered=False`` and read chunk by chunk from the
 response iterator (the test client has already pulled the first chunk, the
@@ -13,24 +15,21 @@ wait is bounded.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from urllib.parse import quote
 
 import pytest
 from flask import Flask, request
-from werkzeug.test import EnvironBuilder
 
 import flask_sse_hub
 from flask_sse_hub import (
     EventTooLarge,
     InvalidChannel,
-    InvalidData,
     InvalidEventType,
     SSEBlueprint,
 )
 from tests.support.flask_stream import WAIT, OpenStream
-from tests.support.hub_http import open_stream
+from tests.support.hub_http import open_stream, subscribers
 from tests.support.sse_parser import Event
 from tests.support.threads import run_in_thread
 
@@ -38,11 +37,6 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }
-
-
-def subscribers(app: Flask, name: str = "sse") -> int:
-    count: int = flask_sse_hub.hubs(app)[name].broker.stats()["subscribers"]
-    return count
 
 
 # -- subscribe: headers and the first chunk --------------------------------------------
@@ -68,30 +62,6 @@ def test_stream_headers_and_first_chunk_open_the_stream(make_app: Callable[..., 
         stream.close()
 
 
-def test_idle_stream_sends_heartbeat_comments(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
-    stream = open_stream(app)
-    try:
-        for expected_comments in (2, 3):  # the preamble's, then one per idle interval
-            stream.next_chunk()
-            assert len(stream.parser.comments) == expected_comments
-        assert stream.events == []
-    finally:
-        stream.close()
-
-
-def test_ping_event_replaces_the_heartbeat_comment(make_app: Callable[..., Flask]) -> None:
-    app = make_app(SSE_PING_EVENT="ping")
-    stream = open_stream(app)
-    try:
-        (ping,) = stream.read(1)
-        # The stream's start position (before any event) is its last event id.
-        assert ping == Event(type="ping", data="", last_event_id=ping.last_event_id)
-        assert ping.last_event_id.endswith("-0")
-    finally:
-        stream.close()
-
-
 # -- publish ------------------------------------------------------------------------------
 
 
@@ -112,49 +82,6 @@ def test_published_events_arrive_with_the_ids_publish_returned(
     assert created == Event("order-created", '{"order":42}', first)
     assert text == Event("message", "plain text", second)
     assert stream.parser.retry == 500
-
-
-def test_publish_many_publishes_a_batch_in_order_and_a_bad_item_publishes_nothing(
-    make_app: Callable[..., Flask],
-) -> None:
-    app = make_app(flask_sse_hub.sse)
-    stream = open_stream(app, "?channel=a&channel=b")
-    try:
-        with app.app_context():
-            ids = flask_sse_hub.publish_many([
-                {"data": {"n": 1}, "channel": "a"},
-                {"data": "two", "channel": "b", "event": "note"},
-                {"data": "three", "channel": "a", "retry": 700},
-            ])
-            no_data, unknown_field = {"channel": "a"}, {"data": 2, "colour": "red"}
-            for bad in ([{"data": 1}, no_data], [{"data": 1}, unknown_field]):
-                with pytest.raises(InvalidData, match=r"events\[1\]"):
-                    flask_sse_hub.publish_many(bad)
-            with pytest.raises(InvalidChannel):
-                flask_sse_hub.sse.publish_many([{"data": 1}, {"data": 2, "channel": "bad name"}])
-            assert flask_sse_hub.publish_many([]) == []
-            last = flask_sse_hub.publish("last", channel="a")
-        events = stream.read(4)
-    finally:
-        stream.close()
-    assert [(e.type, e.data, e.last_event_id) for e in events] == [
-        ("message", '{"n":1}', ids[0]), ("note", "two", ids[1]), ("message", "three", ids[2]),
-        ("message", "last", last),
-    ]
-    assert stream.parser.retry == 700
-
-
-def test_default_sse_blueprint_and_module_publish(make_app: Callable[..., Flask]) -> None:
-    """The README's example: ``from flask_sse_hub import sse, publish``."""
-    app = make_app(flask_sse_hub.sse)
-    stream = open_stream(app)
-    try:
-        with app.app_context():
-            ids = [flask_sse_hub.publish("one"), flask_sse_hub.sse.publish("two")]
-        events = stream.read(2)
-    finally:
-        stream.close()
-    assert [(e.data, e.last_event_id) for e in events] == [("one", ids[0]), ("two", ids[1])]
 
 
 def test_publish_from_a_view_and_from_a_background_thread(
@@ -218,27 +145,6 @@ def test_publish_errors_are_specific(make_app: Callable[..., Flask]) -> None:
         with pytest.raises(EventTooLarge):  # the app's SSE_MAX_EVENT_BYTES applies
             flask_sse_hub.publish("x" * 500)
         flask_sse_hub.publish("x" * 400)
-
-
-def test_publish_without_the_blueprint_registered_is_a_clear_runtime_error() -> None:
-    bp = SSEBlueprint("sse", __name__)
-    app = Flask(__name__)
-    with app.app_context():
-        with pytest.raises(RuntimeError, match="not registered"):
-            bp.publish("x")
-        with pytest.raises(RuntimeError, match="blueprint"):
-            flask_sse_hub.publish("x")
-
-
-def test_module_publish_with_two_other_blueprints_is_ambiguous(
-    make_app: Callable[..., Flask],
-) -> None:
-    app = make_app(SSEBlueprint("alerts", __name__), url_prefix="/alerts")
-    with app.app_context():
-        flask_sse_hub.publish("only one hub: it is used")
-    app.register_blueprint(SSEBlueprint("news", __name__), url_prefix="/news")
-    with app.app_context(), pytest.raises(RuntimeError, match="alerts"):
-        flask_sse_hub.publish("which hub?")
 
 
 def test_one_blueprint_on_two_apps_gives_two_independent_hubs(
@@ -433,55 +339,3 @@ def test_garbage_resume_id_with_non_ascii_digits_is_a_gap_not_a_500(
         assert OpenStream(response).read(1)[0].type == "sse-hub-gap"
     finally:
         response.close()
-
-
-# -- disconnects ----------------------------------------------------------------------
-
-
-def test_closing_the_response_unsubscribes(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
-    streams = [open_stream(app, "?channel=a&channel=b"), open_stream(app, "?channel=a")]
-    assert subscribers(app) == 2
-    for stream in streams:
-        stream.close()
-    assert subscribers(app) == 0
-    assert flask_sse_hub.hubs(app)["sse"].broker.stats()["channels"] == {}
-
-
-def test_response_closed_before_its_first_chunk_unsubscribes(
-    make_app: Callable[..., Flask],
-) -> None:
-    """PEP 3333: a server calls close() on the body even when it never iterated it.
-
-    The WSGI app is called directly (the test client always pulls the first
-    chunk): a request whose client is gone before the first write must not
-    leave its subscription registered.
-    """
-    app = make_app()
-    environ = EnvironBuilder(path="/stream", query_string="channel=a").get_environ()
-    body = app(environ, lambda status, headers, exc_info=None: lambda data: None)
-    assert subscribers(app) == 1
-    body.close()  # type: ignore[attr-defined]
-    assert subscribers(app) == 0, "the subscription outlived its response"
-
-
-def test_hub_shutdown_ends_open_streams(make_app: Callable[..., Flask]) -> None:
-    app = make_app()
-    stream = open_stream(app)
-    flask_sse_hub.shutdown(app)
-    with pytest.raises(EOFError):
-        stream.read(1)
-    assert subscribers(app) == 0
-
-
-def test_max_connection_seconds_ends_the_stream_for_a_resume(
-    make_app: Callable[..., Flask],
-) -> None:
-    """SSE_MAX_CONNECTION_SECONDS: the stream ends after that age (clients resume)."""
-    app = make_app(SSE_MAX_CONNECTION_SECONDS=0.3, SSE_HEARTBEAT_SECONDS=5)
-    stream = open_stream(app)
-    started = time.monotonic()
-    with pytest.raises(EOFError):
-        stream.read(1, timeout=WAIT)
-    assert time.monotonic() - started < 5, "ended by the heartbeat wait, not by its age"
-    assert subscribers(app) == 0

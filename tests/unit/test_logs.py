@@ -38,9 +38,9 @@ def test_one_line_per_kind_per_interval_and_the_next_one_counts_the_folded(
 
 
 def test_a_flood_of_refused_publishes_is_one_log_line(
-    make_hub_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
 ) -> None:
-    app = make_hub_app(SSE_PUBLISH_TOKEN="the-right-token")
+    app = make_app(standalone=True, SSE_PUBLISH_TOKEN="the-right-token")
     client = app.test_client()
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(200):

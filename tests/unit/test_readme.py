@@ -218,7 +218,7 @@ def test_library_example_runs_as_written(readme_app: Any) -> None:
 
 
 def test_jwt_snippet_mints_a_token_the_hub_accepts(
-    make_hub_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
     pytest.importorskip("jwt")
     secret = "a-secret-of-at-least-32-bytes-for-hs256"
@@ -227,7 +227,7 @@ def test_jwt_snippet_mints_a_token_the_hub_accepts(
     exec(compile(readme_block("JWT minting").text, "README.md", "exec"), namespace)
     token = namespace["token"]
     assert isinstance(token, str)
-    client = make_hub_app(SSE_JWT_SECRET=secret).test_client()
+    client = make_app(standalone=True, SSE_JWT_SECRET=secret).test_client()
     bearer = {"Authorization": f"Bearer {token}"}
 
     def publish(channel: str) -> int:

@@ -34,8 +34,8 @@ def post_publish(app: Flask, body: Any, **kwargs: Any) -> TestResponse:
     return app.test_client().post("/publish", json=body, **kwargs)
 
 
-def test_standalone_publish_single_and_batch(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
+def test_standalone_publish_single_and_batch(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True)
     stream = open_stream(app, "?channel=orders")
     try:
         single = post_publish(
@@ -61,8 +61,8 @@ def test_standalone_publish_single_and_batch(make_hub_app: Callable[..., Flask])
     ]
 
 
-def test_standalone_stream_is_served_at_stream(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_RETRY_MS=777)
+def test_standalone_stream_is_served_at_stream(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True, SSE_RETRY_MS=777)
     stream = open_stream(app)
     try:
         assert stream.parser.retry == 777
@@ -98,9 +98,9 @@ def test_standalone_stream_is_served_at_stream(make_hub_app: Callable[..., Flask
     ],
 )
 def test_standalone_publish_errors_are_json_with_status(
-    make_hub_app: Callable[..., Flask], kwargs: dict[str, Any], status: int
+    make_app: Callable[..., Flask], kwargs: dict[str, Any], status: int
 ) -> None:
-    app = make_hub_app(SSE_MAX_EVENT_BYTES=1024, SSE_MAX_PUBLISH_BYTES=4096)
+    app = make_app(standalone=True, SSE_MAX_EVENT_BYTES=1024, SSE_MAX_PUBLISH_BYTES=4096)
     response = app.test_client().post("/publish", **kwargs)
     assert response.status_code == status, response.get_data(as_text=True)
     error = response.get_json()["error"]
@@ -110,9 +110,9 @@ def test_standalone_publish_errors_are_json_with_status(
 
 
 def test_standalone_publish_token_is_required_when_set(
-    make_hub_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
-    app = make_hub_app(SSE_PUBLISH_TOKEN="s3cret-token")
+    app = make_app(standalone=True, SSE_PUBLISH_TOKEN="s3cret-token")
     body = {"data": "x"}
     for headers in (
         {},
@@ -151,9 +151,9 @@ def test_standalone_publish_token_is_required_when_set(
          "public-address", "private-address"],
 )
 def test_anonymous_publish_only_from_loopback(
-    make_hub_app: Callable[..., Flask], remote_addr: str, headers: dict[str, str], status: int
+    make_app: Callable[..., Flask], remote_addr: str, headers: dict[str, str], status: int
 ) -> None:
-    app = make_hub_app()
+    app = make_app(standalone=True)
     response = post_publish(
         app, {"data": "x"}, headers=headers, environ_base={"REMOTE_ADDR": remote_addr}
     )
@@ -163,12 +163,12 @@ def test_anonymous_publish_only_from_loopback(
 
 
 def test_standalone_backend_unavailable_is_503(
-    make_hub_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = make_hub_app()
+    app = make_app(standalone=True)
     backend = flask_sse_hub.hubs(app)["sse"].broker.backend
 
-    def unreachable(events: Any) -> list[str]:
+    def unreachable(events: Any, idempotency: Any = None) -> list[str]:
         raise BackendUnavailable("Redis unavailable, nothing published")
 
     monkeypatch.setattr(backend, "publish", unreachable)
@@ -181,14 +181,14 @@ def test_standalone_backend_unavailable_is_503(
     assert health.get_json()["status"] != "ok"
 
 
-def test_standalone_healthz(make_hub_app: Callable[..., Flask]) -> None:
-    response = make_hub_app().test_client().get("/healthz")
+def test_standalone_healthz(make_app: Callable[..., Flask]) -> None:
+    response = make_app(standalone=True).test_client().get("/healthz")
     assert response.status_code == 200
     assert response.get_json()["status"] == "ok"
 
 
-def test_standalone_stats_report_this_worker(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app()
+def test_standalone_stats_report_this_worker(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True)
     stream = open_stream(app, "?channel=orders&channel=news")
     try:
         ids = [post_publish(app, {"channel": "orders", "data": n}).get_json()["id"]
@@ -205,8 +205,8 @@ def test_standalone_stats_report_this_worker(make_hub_app: Callable[..., Flask])
     assert stats["subscribers_dropped_slow"] == 0
 
 
-def test_standalone_demo_page(make_hub_app: Callable[..., Flask]) -> None:
-    client = make_hub_app().test_client()
+def test_standalone_demo_page(make_app: Callable[..., Flask]) -> None:
+    client = make_app(standalone=True).test_client()
     page = client.get("/")
     assert page.status_code == 200
     assert page.mimetype == "text/html"
@@ -265,8 +265,8 @@ def test_a_batch_with_one_ungranted_channel_publishes_nothing(jwt_app: Flask) ->
         stream.close()
 
 
-def test_publish_token_grants_everything_with_jwt_on(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_JWT_SECRET=SECRET, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
+def test_publish_token_grants_everything_with_jwt_on(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True, SSE_JWT_SECRET=SECRET, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
     batch = [{"channel": "orders", "data": 1}, {"channel": "billing:x", "data": 2}]
     answer = publish(app, batch, bearer(PUBLISH_TOKEN))
     assert answer.status_code == 202, answer.get_data()
@@ -283,8 +283,8 @@ def test_publish_token_grants_everything_with_jwt_on(make_hub_app: Callable[...,
     assert published(app) == 3
 
 
-def test_publish_token_alone_keeps_its_old_behaviour(make_hub_app: Callable[..., Flask]) -> None:
-    app = make_hub_app(SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
+def test_publish_token_alone_keeps_its_old_behaviour(make_app: Callable[..., Flask]) -> None:
+    app = make_app(standalone=True, SSE_PUBLISH_TOKEN=PUBLISH_TOKEN)
     missing = publish(app, {"data": 1})
     assert missing.headers["WWW-Authenticate"] == CHALLENGE
     refused(missing, 401)
@@ -298,10 +298,10 @@ def test_publish_token_alone_keeps_its_old_behaviour(make_hub_app: Callable[...,
 
 
 def test_the_memory_backend_in_a_multi_process_server_answers_500_naming_redis(
-    make_hub_app: Callable[..., Flask],
+    make_app: Callable[..., Flask],
 ) -> None:
     """Several processes would each see only their own subscribers: refused, saying what to set."""
-    client = make_hub_app().test_client()
+    client = make_app(standalone=True).test_client()
     for answer in (  # wsgi.multiprocess, as gunicorn -w 2 sets it
         client.post("/publish", json={"data": 1}, multiprocess=True),
         client.get("/stream?channel=a", multiprocess=True),

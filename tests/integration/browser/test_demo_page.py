@@ -27,7 +27,7 @@ import pytest
 from tests.support.sse_client import http_request as raw_http_request
 
 from .. import conftest as hub_conftest
-from ..conftest import GAP_EVENT, HubLauncher
+from ..conftest import GAP_EVENT, HubLauncher, HubServer
 from ..redis import conftest as redis_fixtures
 
 pytestmark = pytest.mark.integration
@@ -196,28 +196,28 @@ def share_of_color(png: Png, box: dict[str, float], color: tuple[int, int, int])
 # -- tests ------------------------------------------------------------------------
 
 
-def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
-    start_hub: HubLauncher, page: Any, tmp_path: Path,
-) -> None:
-    hub = start_hub()
-    origin = f"http://127.0.0.1:{hub.port}/"
-    # Two channels and one named type chosen through the page's own URL.
-    requested = open_demo(page, origin + "?channel=orders&channel=news&event=order-created")
-    assert page.input_value("#channels") == "orders, news"
-    hub.wait_subscribers("orders", 1)
-    hub.wait_subscribers("news", 1)
+#: (channel, event type, data sent, data the page must show when not the data itself)
+SAMPLES: list[tuple[str, str | None, Any, str | None]] = [
+    ("orders", "order-created", {"order": 42, "total": "19.90 €"},
+     '{"order":42,"total":"19.90 €"}'),
+    ("news", None, "line one\nline two\n  indented, héllo wörld ✓", None),
+    ("orders", "order-created", "日本語 🚀\n\nafter a blank line", None),
+    ("news", None, "<b>not bold</b> & <script>alert(1)</script>", None),
+]
 
-    # (channel, event type, data sent, data the page must show)
-    sent: list[tuple[str, str | None, Any, str]] = [
-        ("orders", "order-created", {"order": 42, "total": "19.90 €"},
-         '{"order":42,"total":"19.90 €"}'),
-        ("news", None, "line one\nline two\n  indented, héllo wörld ✓", None),
-        ("orders", "order-created", "日本語 🚀\n\nafter a blank line", None),
-        ("news", None, "<b>not bold</b> & <script>alert(1)</script>", None),
-    ]
-    ids = [hub.publish(data, channel=channel, event=event) for channel, event, data, _ in sent]
-    expected = [(event or "message", shown or data) for _, event, data, shown in sent]
-    wait_rows(page, len(sent))
+
+def publish_samples_then_from_the_form(
+    hub: HubServer, page: Any
+) -> tuple[list[str], list[tuple[str, Any]], list[dict[str, str]]]:
+    """The SAMPLES over HTTP, then one event from the page's own form.
+
+    Returns the ids, the (type, data) each row must show, and the rows shown.
+    """
+    ids = [hub.publish(data, channel=channel, event=event)
+           for channel, event, data, _ in SAMPLES]
+    expected: list[tuple[str, Any]] = [(event or "message", shown or data)
+                                       for _, event, data, shown in SAMPLES]
+    wait_rows(page, len(SAMPLES))
 
     # The page's own form: a type it does not listen to yet (it starts to), JSON data.
     form_id = publish_from_form(
@@ -234,11 +234,13 @@ def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
         " && Number(document.getElementById('delivered').dataset.value) >= 5",
         timeout=WAIT_MS,
     )
+    return ids, expected, shown
 
-    shot = tmp_path / "demo.png"
-    page.screenshot(path=str(shot))
 
-    # What the rows show: newest first, the hub's ids, exact types and data.
+def assert_rows_and_badge(
+    page: Any, shown: list[dict[str, str]], ids: list[str], expected: list[tuple[str, Any]],
+) -> None:
+    """The rows: newest first, the hub's ids, exact types and data; the badge open."""
     assert [row["id"] for row in shown] == list(reversed(ids))
     assert [row["dataId"] for row in shown] == list(reversed(ids))
     assert [(row["type"], row["data"]) for row in shown] == list(reversed(expected))
@@ -248,7 +250,10 @@ def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
     # The badge: open, with the last id.
     assert page.text_content("#state") == "open"
     assert page.text_content("#last-id") == ids[-1]
-    # The stats panel against /stats (it was read before, so at most what /stats says now).
+
+
+def assert_stats_panel(page: Any, hub: HubServer) -> None:
+    """The stats panel against /stats (it was read before, so at most what /stats says now)."""
     stats, panel = hub.stats(), shown_stats(page)
     assert 5 <= panel["published"] <= stats["events_published"]
     assert 5 <= panel["delivered"] <= stats["events_delivered"]
@@ -260,7 +265,9 @@ def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
     assert sorted(per_channel) == [["news", "1"], ["orders", "1"]]
     assert page.text_content("#stats-backend") == "memory"
 
-    # The screenshot is a real image of the viewport, and its pixels show the badge.
+
+def assert_screenshot_shows_it(page: Any, shot: Path) -> None:
+    """The screenshot is a real image of the viewport, and its pixels show the badge."""
     data = shot.read_bytes()
     assert len(data) > 30_000, f"{len(data)} bytes: suspiciously little for a page with content"
     badge = page.locator("#state").bounding_box()
@@ -272,8 +279,63 @@ def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
         box = page.locator(selector).bounding_box()
         assert box and box["y"] + box["height"] <= VIEWPORT[1], (selector, box)
 
+
+def test_screenshot_after_events_arrive_shows_them_with_state_and_stats(
+    start_hub: HubLauncher, page: Any, tmp_path: Path,
+) -> None:
+    hub = start_hub()
+    origin = f"http://127.0.0.1:{hub.port}/"
+    # Two channels and one named type chosen through the page's own URL.
+    requested = open_demo(page, origin + "?channel=orders&channel=news&event=order-created")
+    assert page.input_value("#channels") == "orders, news"
+    hub.wait_subscribers("orders", 1)
+    hub.wait_subscribers("news", 1)
+    ids, expected, shown = publish_samples_then_from_the_form(hub, page)
+
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot))
+    assert_rows_and_badge(page, shown, ids, expected)
+    assert_stats_panel(page, hub)
+    assert_screenshot_shows_it(page, shot)
     # Nothing outside the hub: no CDN, no web font.
     assert requested and not outside(requested, origin), outside(requested, origin)
+
+
+def restart_with_events_while_down(
+    start_hub: HubLauncher, hub: HubServer, page: Any, redis_url: str,
+    before: str,
+) -> list[tuple[str, Any]]:
+    """Redis: down for a while, another hub on the same Redis publishing meanwhile (which
+    only the browser's Last-Event-ID resume can deliver), then up again. What it published."""
+    other = start_hub(SSE_REDIS_URL=redis_url)
+    hub.stop()
+    page.wait_for_function("window.stateLog.includes('reconnecting')", timeout=WAIT_MS)
+    assert page.text_content("#last-id") == before  # still shown while reconnecting
+    published: list[tuple[str, Any]] = []
+    for n in range(3):
+        other.publish(f"while down {n}", channel="restart")
+        published.append(("message", f"while down {n}"))
+    hub.start(new_port_on_conflict=False)
+    return published
+
+
+def assert_resumed_exactly_once(
+    page: Any, shown: list[dict[str, str]], expected: list[tuple[str, Any]],
+    after: list[str], final: str,
+) -> None:
+    got = [
+        (row["type"], json.loads(row["data"]) if row["type"] == GAP_EVENT else row["data"])
+        for row in reversed(shown)
+    ]
+    assert got == expected
+    assert shown[0]["id"] == final and shown[1]["id"] == after[-1]
+    message_ids = [row["id"] for row in shown if row["type"] == "message"]
+    assert len(set(message_ids)) == len(message_ids)
+    log = page.evaluate("window.stateLog")
+    assert log[0] == "open" and log[-1] == "open", log
+    assert "reconnecting" in log and "closed" not in log, log
+    assert page.text_content("#last-id") == final
+    assert "resumed" in page.text_content("#conn-note")
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
@@ -292,16 +354,8 @@ def test_badge_follows_a_hub_restart_and_the_browser_resumes_exactly_once(
 
     expected: list[tuple[str, Any]] = [("message", "before the restart")]
     if backend == "redis":
-        # Down for a while: another hub on the same Redis publishes meanwhile,
-        # which only the browser's Last-Event-ID resume can deliver.
-        other = start_hub(SSE_REDIS_URL=settings["SSE_REDIS_URL"])
-        hub.stop()
-        page.wait_for_function("window.stateLog.includes('reconnecting')", timeout=WAIT_MS)
-        assert page.text_content("#last-id") == before  # still shown while reconnecting
-        for n in range(3):
-            other.publish(f"while down {n}", channel="restart")
-            expected.append(("message", f"while down {n}"))
-        hub.start(new_port_on_conflict=False)
+        expected += restart_with_events_while_down(
+            start_hub, hub, page, settings["SSE_REDIS_URL"], before)
     else:
         # A memory hub starts a new epoch: the id the browser resends is unknown
         # to it, so its stream starts with a gap event that names that id.
@@ -320,20 +374,7 @@ def test_badge_follows_a_hub_restart_and_the_browser_resumes_exactly_once(
     final = hub.publish("final", channel="restart")
     expected.append(("message", "final"))
     shown = wait_rows(page, len(expected))
-
-    got = [
-        (row["type"], json.loads(row["data"]) if row["type"] == GAP_EVENT else row["data"])
-        for row in reversed(shown)
-    ]
-    assert got == expected
-    assert shown[0]["id"] == final and shown[1]["id"] == after[-1]
-    message_ids = [row["id"] for row in shown if row["type"] == "message"]
-    assert len(set(message_ids)) == len(message_ids)
-    log = page.evaluate("window.stateLog")
-    assert log[0] == "open" and log[-1] == "open", log
-    assert "reconnecting" in log and "closed" not in log, log
-    assert page.text_content("#last-id") == final
-    assert "resumed" in page.text_content("#conn-note")
+    assert_resumed_exactly_once(page, shown, expected, after, final)
 
 
 def under_prefix(prefix: str) -> Callable[..., tuple[int, dict[str, str], bytes]]:

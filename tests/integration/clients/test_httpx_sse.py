@@ -25,11 +25,14 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import EventSource, ServerSentEvent, connect_sse
+
+from tests.support.threads import run_in_thread
 
 from ..conftest import GAP_EVENT, HOST, HubLauncher, HubServer
 from .conftest import TRICKY
@@ -105,7 +108,7 @@ def hub(start_hub_for_module: HubLauncher) -> HubServer:
     return start_hub_for_module(SSE_RETRY_MS=1500)
 
 
-def test_tricky_data_arrives_exactly(hub: HubServer) -> None:
+def test_httpx_sse_gets_tricky_data_exactly(hub: HubServer) -> None:
     with client() as http, connect_sse(http, "GET", stream_url(hub),
                                        params=channels("httpx-tricky")) as source:
         assert source.response.status_code == 200
@@ -139,7 +142,7 @@ def test_named_events_arrive_with_their_type_and_the_published_ids(hub: HubServe
     ]
 
 
-def test_several_channels_arrive_in_publish_order(hub: HubServer) -> None:
+def test_httpx_sse_gets_several_channels_in_publish_order(hub: HubServer) -> None:
     with client() as http, connect_sse(http, "GET", stream_url(hub),
                                        params=channels("httpx-a", "httpx-b", "httpx-c")) as src:
         reader = Reader(src)
@@ -199,6 +202,69 @@ def test_unknown_last_event_id_starts_with_the_gap_event_then_history(hub: HubSe
     ]
 
 
+def publish_for_two_seconds(
+    hub: HubServer, sent: list[tuple[str, str]], first_subscriber: threading.Event
+) -> None:
+    """From the first subscriber on, publish for two seconds, then ``end``: ``(data, id)``s."""
+    first_subscriber.wait(timeout=READ_TIMEOUT)
+    with hub.publisher() as publish:
+        deadline = time.monotonic() + 2.0
+        n = 0
+        while time.monotonic() < deadline:
+            item = {"channel": "httpx-loop", "data": f"event-{n}"}
+            sent.append((f"event-{n}", publish(item)))
+            n += 1
+            time.sleep(0.01)  # paces the publisher, not an assertion
+        sent.append(("end", publish({"channel": "httpx-loop", "data": "end"})))
+
+
+@dataclass
+class ReconnectLoop:
+    """What an httpx-sse user writes: read; when the hub ends the stream, wait the
+    ``retry`` it asked for and connect again with the last id seen."""
+
+    hub: HubServer
+    channel: str
+    connected: threading.Event = field(default_factory=threading.Event)
+    received: list[ServerSentEvent] = field(default_factory=list)
+    connections: int = 0
+    phantoms: int = 0
+    retry: int | None = None
+    resume_id: str | None = None
+
+    def run_until(self, last_data: str, *, give_up_after: float) -> None:
+        """Connect again and again until the event with data ``last_data`` arrived."""
+        give_up = time.monotonic() + give_up_after
+        with client() as http:
+            while not self.got(last_data):
+                assert time.monotonic() < give_up, (
+                    f"{self.connections} connections, {len(self.received)} events, "
+                    f"{self.phantoms} phantoms")
+                self.read_one_connection(http, last_data)
+                if self.got(last_data):
+                    break
+                time.sleep((self.retry or 1000) / 1000)  # the delay the hub asked for
+
+    def got(self, data: str) -> bool:
+        return bool(self.received) and self.received[-1].data == data
+
+    def read_one_connection(self, http: httpx.Client, last_data: str) -> None:
+        headers = {"Last-Event-ID": self.resume_id} if self.resume_id else {}
+        with connect_sse(http, "GET", stream_url(self.hub), params=channels(self.channel),
+                         headers=headers) as source:
+            assert source.response.status_code == 200
+            self.connections += 1
+            self.connected.set()
+            reader = Reader(source)
+            for sse in reader:
+                self.received.append(sse)
+                if sse.data == last_data:
+                    break
+            self.phantoms += reader.phantoms
+            self.retry = reader.retry or self.retry
+            self.resume_id = reader.resume_id or self.resume_id
+
+
 def test_a_reconnect_loop_misses_nothing_while_the_hub_ends_streams(
     start_hub: HubLauncher,
 ) -> None:
@@ -206,58 +272,14 @@ def test_a_reconnect_loop_misses_nothing_while_the_hub_ends_streams(
     # would, with the last id it saw, while a publisher keeps going.
     hub = start_hub(SSE_MAX_CONNECTION_SECONDS=1, SSE_RETRY_MS=50, SSE_HEARTBEAT_SECONDS=0.2)
     sent: list[tuple[str, str]] = []
-    failure: list[BaseException] = []
-    first_subscriber = threading.Event()
+    loop = ReconnectLoop(hub, "httpx-loop")
+    publisher = run_in_thread(publish_for_two_seconds, hub, sent, loop.connected)
+    loop.run_until("end", give_up_after=15.0)
+    publisher.join(READ_TIMEOUT)
 
-    def publish_for_two_seconds() -> None:
-        try:
-            first_subscriber.wait(timeout=READ_TIMEOUT)
-            with hub.publisher() as publish:
-                deadline = time.monotonic() + 2.0
-                n = 0
-                while time.monotonic() < deadline:
-                    item = {"channel": "httpx-loop", "data": f"event-{n}"}
-                    sent.append((f"event-{n}", publish(item)))
-                    n += 1
-                    time.sleep(0.01)  # paces the publisher, not an assertion
-                sent.append(("end", publish({"channel": "httpx-loop", "data": "end"})))
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=publish_for_two_seconds, daemon=True)
-    thread.start()
-    received: list[ServerSentEvent] = []
-    connections = phantoms = 0
-    retry: int | None = None
-    resume_id: str | None = None
-    give_up = time.monotonic() + 15.0
-    with client() as http:
-        while not (received and received[-1].data == "end"):
-            assert time.monotonic() < give_up, (
-                f"{connections} connections, {len(received)} events, {phantoms} phantoms")
-            headers = {"Last-Event-ID": resume_id} if resume_id else {}
-            with connect_sse(http, "GET", stream_url(hub), params=channels("httpx-loop"),
-                             headers=headers) as source:
-                assert source.response.status_code == 200
-                connections += 1
-                first_subscriber.set()
-                reader = Reader(source)
-                for sse in reader:
-                    received.append(sse)
-                    if sse.data == "end":
-                        break
-                phantoms += reader.phantoms
-                retry = reader.retry or retry
-                resume_id = reader.resume_id or resume_id
-            if received and received[-1].data == "end":
-                break
-            time.sleep((retry or 1000) / 1000)  # the delay the hub asked for
-    thread.join(timeout=READ_TIMEOUT)
-    assert not thread.is_alive() and not failure, failure
-
-    assert [(e.data, e.id) for e in received] == sent
-    assert {e.event for e in received} == {"message"}
-    assert connections >= 2
-    assert phantoms == 0
+    assert [(e.data, e.id) for e in loop.received] == sent
+    assert {e.event for e in loop.received} == {"message"}
+    assert loop.connections >= 2
+    assert loop.phantoms == 0
     stats: dict[str, Any] = hub.stats()
-    assert stats["replays_served"] >= connections - 1 and stats["gaps_reported"] == 0, stats
+    assert stats["replays_served"] >= loop.connections - 1 and stats["gaps_reported"] == 0, stats

@@ -29,7 +29,7 @@ def hub(start_hub_for_module: HubLauncher) -> HubServer:
     return start_hub_for_module()
 
 
-def test_tricky_data_arrives_exactly(hub: HubServer, listen_node: Listen) -> None:
+def test_node_eventsource_gets_tricky_data_exactly(hub: HubServer, listen_node: Listen) -> None:
     client = listen_node(hub, "channel=node-tricky")
     hub.wait_subscribers("node-tricky", 1)
 
@@ -66,7 +66,9 @@ def test_named_events_reach_their_listeners_with_the_published_ids(
     ]
 
 
-def test_several_channels_arrive_in_publish_order(hub: HubServer, listen_node: Listen) -> None:
+def test_node_eventsource_gets_several_channels_in_publish_order(
+    hub: HubServer, listen_node: Listen
+) -> None:
     client = listen_node(hub, "channel=node-a&channel=node-b&channel=node-c", ("tick",))
     hub.wait_subscribers("node-c", 1)
 

@@ -233,3 +233,26 @@ def stopped(pid: int) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def worker_serving(hub_port: int, client_port: int, workers: list[int]) -> int | None:
+    """The PID among ``workers`` holding the hub's end of the connection from ``client_port``.
+
+    Found in /proc: the socket's inode in /proc/net/tcp, then the worker with
+    a descriptor on it.
+    """
+    inode = None
+    with open("/proc/net/tcp") as table:
+        next(table)  # the header
+        for line in table:
+            fields = line.split()
+            local, peer = (int(field.rsplit(":", 1)[1], 16) for field in fields[1:3])
+            if (local, peer) == (hub_port, client_port) and fields[3] == "01":
+                inode = fields[9]
+    for pid in workers:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+    return None

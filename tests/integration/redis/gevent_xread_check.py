@@ -35,7 +35,7 @@ def main(url: str) -> int:
     gevent.sleep(1.0)  # the broadcaster sits in XREAD for all of this second
     runner.kill()
     (event_id,) = broker.publish([make_event("hello", channel="c")])
-    chunk, count = sub.queue.get(timeout=5)
+    chunk, count, _ = sub.queue.get(timeout=5)
     broker.stop()
     print(f"ticks={ticks} delivered={count} id={event_id}")
     if ticks < 20:

@@ -77,6 +77,52 @@ def received(events: list[Event]) -> list[tuple[str, str]]:
     return [(e.last_event_id, e.data) for e in events]
 
 
+def assert_refused_in_time_while_frozen(hub: HubServer, streams: list[HubStream]) -> list[str]:
+    """Publishes answer 503 in time, /healthz 503, streams keep their heartbeats.
+
+    Returns the data of the refused publishes ("may have been published").
+    """
+    refused: list[str] = []
+    for payload in ({"channel": "frozen", "data": "during 0"},
+                    [{"channel": "frozen", "data": "during 1"},
+                     {"channel": "frozen", "data": "during 2"}]):
+        status, answer, took = publish_timed(hub, payload)
+        assert status == 503, f"publish while Redis is frozen: {status} {answer!r}"
+        assert isinstance(answer, dict) and answer.get("error"), answer
+        assert took < 1 + 0.5, f"publish answered 503 after {took:.2f}s (SSE_REDIS_TIMEOUT=1)"
+        refused += [item["data"] for item in (payload if isinstance(payload, list)
+                                              else [payload])]
+    status, answer, took = healthz(hub)
+    assert status == 503, f"/healthz while Redis is frozen: {status} {answer!r}"
+    assert answer.get("status") != "ok", answer
+    assert took < HEALTHZ_SECONDS + MARGIN, f"/healthz answered after {took:.2f}s"
+    for number, stream in enumerate(streams):  # two heartbeats each (every 0.5 s)
+        for _ in range(2):
+            try:
+                stream.wait_comment(timeout=2, new_only=True)
+            except TimeoutError as exc:
+                pytest.fail(f"stream {number}: no heartbeat while Redis is frozen: {exc}")
+        assert not stream.stream_ended, f"stream {number} ended during the freeze"
+    return refused
+
+
+def assert_every_acknowledged_event_once(
+    number: int, stream: HubStream, acknowledged: list[tuple[str, str]], refused: list[str],
+) -> None:
+    """No gap; what was acknowledged after the freeze, in order; a refused one at most once."""
+    events = stream.until_id(acknowledged[-1][0], timeout=15)
+    assert GAP_EVENT not in {e.type for e in events}, (
+        f"stream {number}: a gap, though Redis lost nothing: {received(events)}"
+    )
+    got = received(events)
+    assert [item for item in got if item[1] not in refused] == acknowledged[3:], (
+        f"stream {number}: acknowledged events missing, repeated or out of order: {got}"
+    )
+    assert len({event_id for event_id, _ in got}) == len(got), f"stream {number}: {got}"
+    counts = Counter(data for _, data in got)
+    assert all(counts[data] <= 1 for data in refused), f"stream {number}: {got}"
+
+
 def test_a_frozen_redis_gets_503s_in_time_keeps_heartbeats_and_loses_no_acknowledged_event(
     start_hub: HubLauncher, redis_server: RedisServer, redis_url: str,
 ) -> None:
@@ -86,46 +132,16 @@ def test_a_frozen_redis_gets_503s_in_time_keeps_heartbeats_and_loses_no_acknowle
                     for n in range(3)]
     for stream in streams:
         assert received(stream.until_id(acknowledged[-1][0], timeout=5)) == acknowledged
-    refused: list[str] = []  # answered 503: "may have been published"
 
     assert redis_server.process is not None
     with stopped(redis_server.process.pid):
-        for payload in ({"channel": "frozen", "data": "during 0"},
-                        [{"channel": "frozen", "data": "during 1"},
-                         {"channel": "frozen", "data": "during 2"}]):
-            status, answer, took = publish_timed(hub, payload)
-            assert status == 503, f"publish while Redis is frozen: {status} {answer!r}"
-            assert isinstance(answer, dict) and answer.get("error"), answer
-            assert took < 1 + 0.5, f"publish answered 503 after {took:.2f}s (SSE_REDIS_TIMEOUT=1)"
-            refused += [item["data"] for item in (payload if isinstance(payload, list)
-                                                  else [payload])]
-        status, answer, took = healthz(hub)
-        assert status == 503, f"/healthz while Redis is frozen: {status} {answer!r}"
-        assert answer.get("status") != "ok", answer
-        assert took < HEALTHZ_SECONDS + MARGIN, f"/healthz answered after {took:.2f}s"
-        for number, stream in enumerate(streams):  # two heartbeats each (every 0.5 s)
-            for _ in range(2):
-                try:
-                    stream.wait_comment(timeout=2, new_only=True)
-                except TimeoutError as exc:
-                    pytest.fail(f"stream {number}: no heartbeat while Redis is frozen: {exc}")
-            assert not stream.stream_ended, f"stream {number} ended during the freeze"
+        refused = assert_refused_in_time_while_frozen(hub, streams)
 
     wait_healthy(hub)
     for n in range(3):
         acknowledged.append((hub.publish(f"after {n}", channel="frozen"), f"after {n}"))
     for number, stream in enumerate(streams):
-        events = stream.until_id(acknowledged[-1][0], timeout=15)
-        assert GAP_EVENT not in {e.type for e in events}, (
-            f"stream {number}: a gap, though Redis lost nothing: {received(events)}"
-        )
-        got = received(events)
-        assert [item for item in got if item[1] not in refused] == acknowledged[3:], (
-            f"stream {number}: acknowledged events missing, repeated or out of order: {got}"
-        )
-        assert len({event_id for event_id, _ in got}) == len(got), f"stream {number}: {got}"
-        counts = Counter(data for _, data in got)
-        assert all(counts[data] <= 1 for data in refused), f"stream {number}: {got}"
+        assert_every_acknowledged_event_once(number, stream, acknowledged, refused)
 
 
 def test_redis_restarted_empty_is_a_gap_for_live_streams_and_for_older_resumes(

@@ -23,7 +23,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import GAP_EVENT, HOST, HubLauncher, HubServer, wait_until
+from tests.integration.conftest import (
+    GAP_EVENT,
+    HOST,
+    HubLauncher,
+    HubServer,
+    HubStream,
+    wait_until,
+)
 
 from .conftest import RedisServer
 
@@ -43,6 +50,25 @@ def broadcaster_client_id(redis_client: Any, *, other_than: str | None = None) -
     return found[0]
 
 
+def assert_refused_and_open_while_redis_is_down(hub: HubServer, streams: list[HubStream]) -> None:
+    """Publishes and /healthz answer 503 (JSON); the streams stay open, with heartbeats."""
+    status, answer = hub.post_json("/publish", {"channel": "outage", "data": "during"})
+    assert status == 503, answer
+    assert "redis" in answer["error"].lower(), answer
+    status, answer = hub.post_json("/publish", [{"channel": "outage", "data": "batch"}])
+    assert status == 503, answer
+    status, headers, body = hub.request("GET", "/healthz")
+    assert status == 503, body
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["status"] != "ok"
+    hub.wait_for_stats(lambda stats: stats["redis_connected"] is False,
+                       what="the broadcaster to notice the outage")
+    for stream in streams:  # two heartbeats each while Redis is down
+        stream.wait_comment(timeout=3, new_only=True)
+        stream.wait_comment(timeout=3, new_only=True)
+        assert not stream.stream_ended
+
+
 def test_redis_outage_keeps_streams_open_answers_503_and_reports_what_redis_lost(
     start_hub: HubLauncher, redis_server: RedisServer, redis_url: str, redis_client: Any,
 ) -> None:
@@ -59,21 +85,7 @@ def test_redis_outage_keeps_streams_open_answers_503_and_reports_what_redis_lost
     in_flight = hub.publish("in flight", channel="outage")
     redis_server.kill()
     try:
-        status, answer = hub.post_json("/publish", {"channel": "outage", "data": "during"})
-        assert status == 503, answer
-        assert "redis" in answer["error"].lower(), answer
-        status, answer = hub.post_json("/publish", [{"channel": "outage", "data": "batch"}])
-        assert status == 503, answer
-        status, headers, body = hub.request("GET", "/healthz")
-        assert status == 503, body
-        assert headers["content-type"].startswith("application/json")
-        assert json.loads(body)["status"] != "ok"
-        hub.wait_for_stats(lambda stats: stats["redis_connected"] is False,
-                           what="the broadcaster to notice the outage")
-        for stream in streams:  # two heartbeats each while Redis is down
-            stream.wait_comment(timeout=3, new_only=True)
-            stream.wait_comment(timeout=3, new_only=True)
-            assert not stream.stream_ended
+        assert_refused_and_open_while_redis_is_down(hub, streams)
     finally:
         redis_server.start()  # same port, empty
 

@@ -50,7 +50,7 @@ from tests.integration.conftest import GAP_EVENT, HOST, HubLauncher, HubServer, 
 from tests.support.sse_client import HTTPProtocolError, SSEClient, http_request
 from tests.support.sse_parser import Event
 
-from .conftest import HUB_STREAM, process_tree
+from .conftest import HUB_STREAM, process_tree, worker_serving
 from .sentinel_cluster import SentinelCluster, sentinel_cluster  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -263,25 +263,6 @@ class SteadyPublisher(threading.Thread):
             self.join(timeout=15)
 
 
-def worker_serving(hub: HubServer, client: StreamClient, workers: list[int]) -> int | None:
-    """The PID among ``workers`` holding the hub's side of ``client``'s connection (/proc)."""
-    inode = None
-    with open("/proc/net/tcp") as table:
-        next(table)  # the header
-        for line in table:
-            fields = line.split()
-            local, peer = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
-            if (local, peer) == (hub.port, client.local_port) and fields[3] == "01":
-                inode = fields[9]
-    for pid in workers:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) == f"socket:[{inode}]":
-                        return pid
-    return None
-
-
 def redis_clients_of(pid: int, redis_port: int, clients: list[dict[str, str]]) -> list[str]:
     """The ids, among Redis's ``CLIENT LIST`` entries, of the connections ``pid`` holds."""
     inodes = set()
@@ -330,7 +311,7 @@ def start_readers(
             if client is None:
                 time.sleep(0.2)
                 continue
-            if worker_serving(hub, client, pids) == wanted:
+            if worker_serving(hub.port, client.local_port, pids) == wanted:
                 reader.first, reader.worker = client, wanted
             else:
                 client.close()
@@ -388,51 +369,67 @@ def test_hub_finds_the_master_through_sentinel_and_publishes_delivers_and_resume
         hub.shutdown()
 
 
-@pytest.mark.parametrize("unreplicated", [False, True], ids=["kill", "unreplicated-then-kill"])
-def test_failover_with_min_replicas_loses_no_acknowledged_event_and_keeps_streams_open(
-    start_hub: HubLauncher, sentinel_cluster: SentinelCluster,  # noqa: F811
-    unreplicated: bool,
-) -> None:
-    """``unreplicated``: the replicas stop syncing before the master dies, so events
-    published meanwhile exist on the master alone: answered 503, never fanned out."""
-    hub = start_sentinel_hub(start_hub, sentinel_cluster, min_replicas=1, workers=2)
-    channels = ["ha-a", "ha-b"]
-    readers = start_readers(hub, channels, 6, workers=2, seconds=45)
-    try:
-        with SteadyPublisher(hub, channels).running() as publisher:
-            wait_until(lambda: min(len(r.events) for r in readers), lambda n: n >= 5,
-                       timeout=10, what="5 events at every reader before the kill",
-                       log=hub.log_text)
-            replicas: list[int] = []
-            cut_at: float | None = None
-            if unreplicated:
-                replicas, cut_at = sentinel_cluster.cut_replication(), time.monotonic()
-                wait_until(lambda: [r for r in publisher.results[-3:] if r.sent_at > cut_at],
-                           lambda tail: len(tail) == 3, timeout=10,
-                           what="3 publishes while replication is cut")
-            killed_at = time.monotonic()
-            old_master = sentinel_cluster.kill_master()
-            sentinel_cluster.restore_replication(replicas)
-            sentinel_cluster.wait_failover(old_master, timeout=20)
-            failed_over_at = time.monotonic()
-            wait_until(lambda: publisher.last_all_acknowledged(AFTER_FAILOVER, killed_at),
-                       bool, timeout=15,
-                       what=f"{AFTER_FAILOVER} publishes in a row answered 202 after the "
-                            f"failover ({statuses(publisher.results)})",
-                       log=hub.log_text)
-        finals = {channel: hub.publish(FINAL, channel=channel) for channel in channels}
-        wait_until(lambda: [r for r in readers if not r.done.is_set()], lambda left: not left,
-                   timeout=15, what="every reader to read the final event",
-                   log=hub.log_text)
-    finally:
-        stop_readers(readers)
+@dataclass
+class Failover:
+    """When the trouble came: replication cut (if it was), master killed, failover done."""
 
-    results = publisher.results
+    cut_at: float | None
+    killed_at: float
+    failed_over_at: float
+
+
+def fail_over_while_publishing(
+    hub: HubServer, cluster: SentinelCluster, channels: list[str],
+    readers: list[ResumingClient], *, unreplicated: bool,
+) -> tuple[SteadyPublisher, Failover]:
+    """Publish steadily; kill the master (after cutting replication if ``unreplicated``);
+    go on until AFTER_FAILOVER publishes in a row are acknowledged after the kill."""
+    with SteadyPublisher(hub, channels).running() as publisher:
+        wait_until(lambda: min(len(r.events) for r in readers), lambda n: n >= 5,
+                   timeout=10, what="5 events at every reader before the kill",
+                   log=hub.log_text)
+        replicas: list[int] = []
+        cut_at: float | None = None
+        if unreplicated:
+            replicas, cut_at = cluster.cut_replication(), time.monotonic()
+            wait_until(lambda: [r for r in publisher.results[-3:] if r.sent_at > cut_at],
+                       lambda tail: len(tail) == 3, timeout=10,
+                       what="3 publishes while replication is cut")
+        killed_at = time.monotonic()
+        old_master = cluster.kill_master()
+        cluster.restore_replication(replicas)
+        cluster.wait_failover(old_master, timeout=20)
+        failed_over_at = time.monotonic()
+        wait_until(lambda: publisher.last_all_acknowledged(AFTER_FAILOVER, killed_at),
+                   bool, timeout=15,
+                   what=f"{AFTER_FAILOVER} publishes in a row answered 202 after the "
+                        f"failover ({statuses(publisher.results)})",
+                   log=hub.log_text)
+    return publisher, Failover(cut_at, killed_at, failed_over_at)
+
+
+def publish_final_and_wait_for_readers(
+    hub: HubServer, channels: list[str], readers: list[ResumingClient]
+) -> dict[str, str]:
+    """The final event on each channel, once every reader has read it; its ids."""
+    finals = {channel: hub.publish(FINAL, channel=channel) for channel in channels}
+    wait_until(lambda: [r for r in readers if not r.done.is_set()], lambda left: not left,
+               timeout=15, what="every reader to read the final event",
+               log=hub.log_text)
+    return finals
+
+
+def assert_answers_through_the_failover(
+    results: list[Publish], failover: Failover
+) -> tuple[str, set[str]]:
+    """202 before the trouble, 503 during it (never a hang), 202 after; returns the timeline
+    and the data published while replication was cut (on the master alone)."""
+    cut_at, killed_at = failover.cut_at, failover.killed_at
     trouble_at = killed_at if cut_at is None else cut_at
     timeline = (f"publishes: {statuses(results)}; "
                 f"{'' if cut_at is None else f'cut at +{cut_at - results[0].sent_at:.2f}s, '}"
                 f"kill at +{killed_at - results[0].sent_at:.2f}s, "
-                f"failover done +{failed_over_at - killed_at:.2f}s after")
+                f"failover done +{failover.failed_over_at - killed_at:.2f}s after")
     # Publishes: 202 before the trouble, 503 during it (not a hang), 202 after
     # (the last AFTER_FAILOVER in a row, waited for above).
     assert {r.status for r in results} <= {202, 503}, timeline
@@ -443,10 +440,16 @@ def test_failover_with_min_replicas_loses_no_acknowledged_event_and_keeps_stream
     during_cut = [r for r in results
                   if cut_at is not None and cut_at < r.sent_at and r.answered_at < killed_at]
     assert all(r.status == 503 for r in during_cut), timeline
-    master_only = {r.data for r in during_cut}
     slowest = max(results, key=lambda r: r.seconds)
     assert slowest.seconds <= REDIS_TIMEOUT + ANSWER_SLACK, (slowest, timeline)
+    return timeline, {r.data for r in during_cut}
 
+
+def reader_problems(
+    readers: list[ResumingClient], results: list[Publish], finals: dict[str, str],
+    master_only: set[str],
+) -> list[str]:
+    """What any reader got wrong: a gap, a 202 event missing or twice, an unreplicated one."""
     problems = []
     for number, reader in enumerate(readers):
         acknowledged = [(r.data, r.event_id) for r in results
@@ -467,8 +470,29 @@ def test_failover_with_min_replicas_loses_no_acknowledged_event_and_keeps_stream
             problems.append(f"reader {number}: out of publish order or twice: {numbers}")
         if fanned_out := sorted(master_only & {data for data, _ in received}):
             problems.append(f"reader {number} got events no replica had: {fanned_out}")
-    assert not problems, "\n".join([timeline, *problems])
+    return problems
 
+
+@pytest.mark.parametrize("unreplicated", [False, True], ids=["kill", "unreplicated-then-kill"])
+def test_failover_with_min_replicas_loses_no_acknowledged_event_and_keeps_streams_open(
+    start_hub: HubLauncher, sentinel_cluster: SentinelCluster,  # noqa: F811
+    unreplicated: bool,
+) -> None:
+    """``unreplicated``: the replicas stop syncing before the master dies, so events
+    published meanwhile exist on the master alone: answered 503, never fanned out."""
+    hub = start_sentinel_hub(start_hub, sentinel_cluster, min_replicas=1, workers=2)
+    channels = ["ha-a", "ha-b"]
+    readers = start_readers(hub, channels, 6, workers=2, seconds=45)
+    try:
+        publisher, failover = fail_over_while_publishing(
+            hub, sentinel_cluster, channels, readers, unreplicated=unreplicated)
+        finals = publish_final_and_wait_for_readers(hub, channels, readers)
+    finally:
+        stop_readers(readers)
+
+    timeline, master_only = assert_answers_through_the_failover(publisher.results, failover)
+    problems = reader_problems(readers, publisher.results, finals, master_only)
+    assert not problems, "\n".join([timeline, *problems])
     # The streams stayed open across the failover: no reader had to reconnect.
     reconnected = {number: reader.interruptions for number, reader in enumerate(readers)
                    if reader.streams_opened != 1}
@@ -518,6 +542,45 @@ def never_silent(
     return problems
 
 
+def lose_events_behind_a_frozen_worker(
+    cluster: SentinelCluster, publisher: SteadyPublisher, frozen: int
+) -> tuple[list[Publish], float, int]:
+    """Make a loss for sure; returns the publishes made while replication was cut, when the
+    master was killed, and the old master's port.
+
+    One worker is frozen and its Redis connections cut (so that no reply to
+    its XREAD waits in its socket), the replicas stop syncing, the other
+    worker has events acknowledged that only the master holds, and the
+    master dies: the frozen worker can never read those events. (No publish
+    in flight when it freezes: it would hang.)
+    """
+    publisher.pause()
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        with cluster.client(cluster.master_port()) as master:
+            held = redis_clients_of(frozen, master.connection_pool.connection_kwargs[
+                "port"], master.client_list())
+            assert held, "the frozen worker holds no Redis connection"
+            for client_id in held:
+                master.client_kill_filter(_id=client_id)
+        replicas = cluster.cut_replication()
+        cut = [publisher.publish_next() for _ in range(5)]
+        killed_at = time.monotonic()
+        old_master = cluster.kill_master()
+        cluster.restore_replication(replicas)
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+        publisher.resume()
+    return cut, killed_at, old_master
+
+
+def retained_data(cluster: SentinelCluster, master: int) -> set[str]:
+    """The data of every event the Redis at port ``master`` holds."""
+    with cluster.client(master) as client:
+        return {data for _, fields in client.xrange(HUB_STREAM)
+                for data in re.findall(r"^data: (.*)$", fields.get("b", ""), re.MULTILINE)}
+
+
 def test_failover_without_min_replicas_reports_lost_events_as_a_gap_never_silently(
     start_hub: HubLauncher, sentinel_cluster: SentinelCluster,  # noqa: F811
 ) -> None:
@@ -531,47 +594,22 @@ def test_failover_without_min_replicas_reports_lost_events_as_a_gap_never_silent
             wait_until(lambda: min(len(r.events) for r in readers), lambda n: n >= 10,
                        timeout=10, what="10 events at every reader before the kill",
                        log=hub.log_text)
-            # A loss for sure: one worker is frozen and its Redis connections cut
-            # (so that no reply to its XREAD waits in its socket), the replicas stop
-            # syncing, the other worker has events acknowledged that only the
-            # master holds, and the master dies: the frozen worker can never read
-            # those events. (No publish in flight when it freezes: it would hang.)
-            publisher.pause()
-            os.kill(frozen, signal.SIGSTOP)
-            try:
-                with sentinel_cluster.client(sentinel_cluster.master_port()) as master:
-                    held = redis_clients_of(frozen, master.connection_pool.connection_kwargs[
-                        "port"], master.client_list())
-                    assert held, "the frozen worker holds no Redis connection"
-                    for client_id in held:
-                        master.client_kill_filter(_id=client_id)
-                replicas = sentinel_cluster.cut_replication()
-                cut = [publisher.publish_next() for _ in range(5)]
-                killed_at = time.monotonic()
-                old_master = sentinel_cluster.kill_master()
-                sentinel_cluster.restore_replication(replicas)
-            finally:
-                os.kill(frozen, signal.SIGCONT)
-                publisher.resume()
+            cut, killed_at, old_master = lose_events_behind_a_frozen_worker(
+                sentinel_cluster, publisher, frozen)
             new_master = sentinel_cluster.wait_failover(old_master, timeout=20)
             wait_until(lambda: publisher.last_all_acknowledged(AFTER_FAILOVER, killed_at),
                        bool, timeout=15,
                        what=f"{AFTER_FAILOVER} publishes in a row answered 202 after the "
                             f"failover ({statuses(publisher.results)})",
                        log=hub.log_text)
-        hub.publish(FINAL, channel=channel)
-        wait_until(lambda: [r for r in readers if not r.done.is_set()], lambda left: not left,
-                   timeout=15, what="every reader to read the final event",
-                   log=hub.log_text)
+        publish_final_and_wait_for_readers(hub, [channel], readers)
     finally:
         stop_readers(readers)
 
     results = publisher.results
     lost = [r.data for r in cut if r.status == 202]
     assert lost, cut
-    with sentinel_cluster.client(new_master) as client:
-        retained = {data for _, fields in client.xrange(HUB_STREAM)
-                    for data in re.findall(r"^data: (.*)$", fields.get("b", ""), re.MULTILINE)}
+    retained = retained_data(sentinel_cluster, new_master)
     assert FINAL in retained, retained  # (the bodies were read right)
     assert not set(lost) & retained, (
         "the new master has events published while replication was cut", lost)

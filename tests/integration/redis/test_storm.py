@@ -29,6 +29,7 @@ import pytest
 from tests.integration.conftest import GAP_EVENT, HOST, HubLauncher, HubServer, wait_until
 from tests.support.many_streams import ManyStreams, StreamHandle
 from tests.support.sse_client import http_request
+from tests.support.threads import run_in_thread
 
 from .conftest import process_tree, redis_connections_by_pid
 
@@ -111,8 +112,7 @@ class Publishes:
         try:
             if not self.start.wait(STORM_SECONDS):
                 return
-            reference = threading.Thread(target=self.probe_health, daemon=True)
-            reference.start()
+            reference = run_in_thread(self.probe_health, name="healthz-reference")
             for channel in CHANNELS:
                 body = json.dumps({"channel": channel, "data": live_data(channel)}).encode()
                 status, answer, seconds = timed_request(self.hub, "POST", "/publish", body)
@@ -194,71 +194,91 @@ def describe(handle: StreamHandle, expected: list[tuple[str, str, str]]) -> str:
     )
 
 
-def test_a_storm_of_1500_resuming_streams_gets_every_missed_event_and_no_gap(
-    start_hub: HubLauncher, redis_url: str, redis_client: Any,
-) -> None:
-    began = time.monotonic()
-    hub = start_hub(
-        SSE_REDIS_URL=redis_url, WEB_CONCURRENCY=2, SSE_HISTORY_SIZE=HISTORY_SIZE,
-        SSE_QUEUE_SIZE=2000, SSE_HEARTBEAT_SECONDS=5,
-    )
-    redis_port = int(redis_client.connection_pool.connection_kwargs["port"])
-    workers = wait_for_two_workers(hub)
-    ids = publish_history(hub)
+@dataclass
+class Storm:
+    """The plan (each stream's channel and resume index), its streams and its two threads."""
 
-    rng = random.Random(STREAMS)
-    plan: list[tuple[str, int]] = [
-        (CHANNELS[n % len(CHANNELS)], rng.randrange(RESUME_AMONG)) for n in range(STREAMS)
-    ]
-    publishes = Publishes(hub)
-    sampler = RedisSampler(redis_client, workers, redis_port)
-    threads = [threading.Thread(target=publishes.run, daemon=True),
-               threading.Thread(target=sampler.run, daemon=True)]
+    hub: HubServer
+    ids: dict[str, list[str]]
+    sampler: RedisSampler
+    plan: list[tuple[str, int]] = field(default_factory=list)
+    publishes: Publishes = field(init=False)
+    streams: list[StreamHandle] = field(default_factory=list)
+    waiting: list[int] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)
+    storm_start: float = 0.0
+    storm_end: float = 0.0
+    finished: bool = False
 
-    with ManyStreams(HOST, hub.port, wave=250, max_pending=MAX_PENDING) as many:
-        streams = [
-            many.open(f"/stream?channel={channel}", {"Last-Event-ID": ids[channel][k]})
-            for channel, k in plan
+    def __post_init__(self) -> None:
+        rng = random.Random(STREAMS)
+        self.plan = [
+            (CHANNELS[n % len(CHANNELS)], rng.randrange(RESUME_AMONG)) for n in range(STREAMS)
         ]
-        waiting = list(range(STREAMS))
-        sent_at: list[float] = []
+        self.publishes = Publishes(self.hub)
 
-        def stream_done(n: int) -> bool:
-            stream, channel = streams[n], plan[n][0]
-            if stream.closed:
-                return True
-            if not stream.events:
-                return False
-            last = stream.events[-1]
-            # A publish that got no answer may still have been published: wait for it.
-            return last.data == live_data(channel) or (
-                channel in publishes.refused and last.last_event_id == ids[channel][-1]
-            )
+    def open_streams(self, many: ManyStreams) -> None:
+        self.streams = [
+            many.open(f"/stream?channel={channel}", {"Last-Event-ID": self.ids[channel][k]})
+            for channel, k in self.plan
+        ]
+        self.waiting = list(range(STREAMS))
 
-        def storm_over() -> bool:
-            nonlocal waiting
-            if not sent_at and many.requests_sent == STREAMS:
-                sent_at.append(time.monotonic())
-                publishes.start.set()  # the live events go out while the replays run
-            if not publishes.done.is_set():
-                return False
-            waiting = [n for n in waiting if not stream_done(n)]
-            return not waiting
+    def stream_done(self, n: int) -> bool:
+        stream, channel = self.streams[n], self.plan[n][0]
+        if stream.closed:
+            return True
+        if not stream.events:
+            return False
+        last = stream.events[-1]
+        # A publish that got no answer may still have been published: wait for it.
+        return last.data == live_data(channel) or (
+            channel in self.publishes.refused and last.last_event_id == self.ids[channel][-1]
+        )
 
+    def over(self, many: ManyStreams) -> bool:
+        if not self.sent_at and many.requests_sent == STREAMS:
+            self.sent_at.append(time.monotonic())
+            self.publishes.start.set()  # the live events go out while the replays run
+        if not self.publishes.done.is_set():
+            return False
+        self.waiting = [n for n in self.waiting if not self.stream_done(n)]
+        return not self.waiting
+
+    def run(self, many: ManyStreams) -> None:
+        """The storm, with the live publishes and the Redis sampling beside it."""
+        threads = [run_in_thread(self.publishes.run, name="storm-publishes"),
+                   run_in_thread(self.sampler.run, name="redis-sampler")]
+        self.storm_start = time.monotonic()
+        self.finished = many.run_until(lambda: self.over(many), timeout=STORM_SECONDS)
+        self.storm_end = time.monotonic()
+        self.publishes.start.set()
+        self.sampler.stop.set()
         for thread in threads:
-            thread.start()
-        storm_start = time.monotonic()
-        finished = many.run_until(storm_over, timeout=STORM_SECONDS)
-        storm_end = time.monotonic()
-        publishes.start.set()
-        sampler.stop.set()
-        for thread in threads:
-            thread.join(timeout=REQUEST_SECONDS + 2)
-        sampler.sample()  # once more, with every stream open
+            thread.join(REQUEST_SECONDS + 2)
+        self.sampler.sample()  # once more, with every stream open
 
-        # -- the figures --------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What the streams got against what each one missed, and when."""
+
+    expected: list[list[tuple[str, str, str]]]
+    live_id: dict[str, str]
+    gapped: list[StreamHandle]
+    gap_events: int
+    wrong: list[int]
+    replayed_at: list[float]
+    per_stream: list[float]
+    live_at: list[float]
+    heads: list[float]
+    statuses: dict[int, int]
+
+    @classmethod
+    def of(cls, storm: Storm) -> Outcome:
+        streams, plan, ids = storm.streams, storm.plan, storm.ids
         # The live event's id: from the publish's answer, else as the streams saw it.
-        live_id = dict(publishes.ids)
+        live_id = dict(storm.publishes.ids)
         for stream, (channel, _) in zip(streams, plan, strict=True):
             if channel not in live_id:
                 seen = [e.last_event_id for e in stream.events if e.data == live_data(channel)]
@@ -271,8 +291,6 @@ def test_a_storm_of_1500_resuming_streams_gets_every_missed_event_and_no_gap(
             if channel in live_id:
                 missed.append(("message", live_id[channel], live_data(channel)))
             expected.append(missed)
-        gapped = [s for s in streams if any(e.type == GAP_EVENT for e in s.events)]
-        gap_events = sum(1 for s in streams for e in s.events if e.type == GAP_EVENT)
         wrong = [n for n, s in enumerate(streams)
                  if [(e.type, e.last_event_id, e.data) for e in s.events] != expected[n]]
         bad = set(wrong)
@@ -282,67 +300,102 @@ def test_a_storm_of_1500_resuming_streams_gets_every_missed_event_and_no_gap(
             streams[n].arrivals[len(expected[n]) - (2 if plan[n][0] in live_id else 1)]
             for n in good
         ]
-        per_stream = [at - (streams[n].opened_at or storm_start)
-                      for n, at in zip(good, replayed_at, strict=True)]
-        live_at = [streams[n].arrivals[-1] for n in good]
-        heads = [s.headers_at for s in streams if s.headers_at is not None]
         statuses: dict[int, int] = {}
         for s in streams:
             statuses[s.status] = statuses.get(s.status, 0) + 1
+        return cls(
+            expected=expected, live_id=live_id,
+            gapped=[s for s in streams if any(e.type == GAP_EVENT for e in s.events)],
+            gap_events=sum(1 for s in streams for e in s.events if e.type == GAP_EVENT),
+            wrong=wrong, replayed_at=replayed_at,
+            per_stream=[at - (streams[n].opened_at or storm.storm_start)
+                        for n, at in zip(good, replayed_at, strict=True)],
+            live_at=[streams[n].arrivals[-1] for n in good],
+            heads=[s.headers_at for s in streams if s.headers_at is not None],
+            statuses=statuses,
+        )
 
-        health = (f"{publishes.healthz[0]} in {publishes.healthz[2]:.3f}s"
-                  if publishes.healthz else "not made")
 
-        def after(moments: list[float]) -> str:
-            return f"{max(moments) - storm_start:.2f}s" if moments else "never"
+def figures(storm: Storm, outcome: Outcome, many: ManyStreams, began: float) -> str:
+    """The storm's figures: when it was sent, replayed, answered; gaps; Redis connections."""
+    publishes, sampler, ids, plan = storm.publishes, storm.sampler, storm.ids, storm.plan
+    per_stream = outcome.per_stream
+    health = (f"{publishes.healthz[0]} in {publishes.healthz[2]:.3f}s"
+              if publishes.healthz else "not made")
 
-        figures = (
-            f"storm of {STREAMS} resuming streams on 2 workers "
-            f"({len({ids[c][k] for c, k in plan})} distinct resume ids; "
-            f"{PER_CHANNEL - RESUME_AMONG}-{PER_CHANNEL - 1} missed events of {EVENT_BYTES} B "
-            f"each, {sum(len(e) for e in expected)} events in all):\n"
-            f"  all requests sent after {after(sent_at or [storm_end])}; all response heads "
-            f"after {after(heads)} ({len(heads)} heads; statuses {statuses}; "
-            f"connect retries {many.retried})\n"
-            f"  every stream had its replay after {after(replayed_at)} (per stream: median "
-            f"{statistics.median(per_stream) if per_stream else float('nan'):.2f}s, max "
-            f"{max(per_stream) if per_stream else float('nan'):.2f}s); the live events after "
-            f"{after(live_at)}; storm over after {storm_end - storm_start:.2f}s "
-            f"(finished={finished})\n"
-            "  publish during the storm: "
-            + ", ".join(f"{c} {st} in {sec:.3f}s" for c, st, _, sec in publishes.answers)
-            + f"; a /healthz sent with the first publish: {health}"
-            + f"\n  gaps: {gap_events} sse-hub-gap events in {len(gapped)} streams; "
-            f"{len(wrong)} streams without exactly their missed events\n"
-            f"  Redis connections per worker (most seen, {sampler.samples} samples): "
-            f"{sampler.most}\n"
-            f"  test time so far {time.monotonic() - began:.1f}s"
-        )
-        print("\n" + figures)
+    def after(moments: list[float]) -> str:
+        return f"{max(moments) - storm.storm_start:.2f}s" if moments else "never"
 
-        # -- the guarantees -----------------------------------------------------
-        assert not sampler.errors, f"sampling CLIENT LIST failed: {sampler.errors[:3]}"
-        assert finished, (
-            f"{len(waiting)} streams still incomplete after {STORM_SECONDS:.0f}s, e.g. "
-            f"{describe(streams[waiting[0]], expected[waiting[0]])}\n{figures}"
+    return (
+        f"storm of {STREAMS} resuming streams on 2 workers "
+        f"({len({ids[c][k] for c, k in plan})} distinct resume ids; "
+        f"{PER_CHANNEL - RESUME_AMONG}-{PER_CHANNEL - 1} missed events of {EVENT_BYTES} B "
+        f"each, {sum(len(e) for e in outcome.expected)} events in all):\n"
+        f"  all requests sent after {after(storm.sent_at or [storm.storm_end])}; all response "
+        f"heads after {after(outcome.heads)} ({len(outcome.heads)} heads; statuses "
+        f"{outcome.statuses}; connect retries {many.retried})\n"
+        f"  every stream had its replay after {after(outcome.replayed_at)} (per stream: median "
+        f"{statistics.median(per_stream) if per_stream else float('nan'):.2f}s, max "
+        f"{max(per_stream) if per_stream else float('nan'):.2f}s); the live events after "
+        f"{after(outcome.live_at)}; storm over after {storm.storm_end - storm.storm_start:.2f}s "
+        f"(finished={storm.finished})\n"
+        "  publish during the storm: "
+        + ", ".join(f"{c} {st} in {sec:.3f}s" for c, st, _, sec in publishes.answers)
+        + f"; a /healthz sent with the first publish: {health}"
+        + f"\n  gaps: {outcome.gap_events} sse-hub-gap events in {len(outcome.gapped)} streams; "
+        f"{len(outcome.wrong)} streams without exactly their missed events\n"
+        f"  Redis connections per worker (most seen, {sampler.samples} samples): "
+        f"{sampler.most}\n"
+        f"  test time so far {time.monotonic() - began:.1f}s"
+    )
+
+
+def check_guarantees(storm: Storm, outcome: Outcome, report: str) -> None:
+    streams, expected, sampler = storm.streams, outcome.expected, storm.sampler
+    waiting, gapped, wrong = storm.waiting, outcome.gapped, outcome.wrong
+    assert not sampler.errors, f"sampling CLIENT LIST failed: {sampler.errors[:3]}"
+    assert storm.finished, (
+        f"{len(waiting)} streams still incomplete after {STORM_SECONDS:.0f}s, e.g. "
+        f"{describe(streams[waiting[0]], expected[waiting[0]])}\n{report}"
+    )
+    assert outcome.statuses == {200: STREAMS}, report
+    assert not gapped, (
+        f"a busy hub reported gaps to {len(gapped)} resuming streams, e.g. "
+        f"{describe(gapped[0], expected[streams.index(gapped[0])])}\n{report}"
+    )
+    assert not wrong, (
+        f"{len(wrong)} streams did not get exactly the events they missed, e.g. "
+        f"{describe(streams[wrong[0]], expected[wrong[0]])}\n{report}"
+    )
+    assert len(storm.publishes.answers) == len(CHANNELS), report
+    for channel, status, answer, seconds in storm.publishes.answers:
+        assert status == 202, f"publish on {channel} -> {status} {answer!r}\n{report}"
+        assert seconds < PUBLISH_SECONDS, (
+            f"publish on {channel} took {seconds:.2f}s during the storm\n{report}"
         )
-        assert statuses == {200: STREAMS}, figures
-        assert not gapped, (
-            f"a busy hub reported gaps to {len(gapped)} resuming streams, e.g. "
-            f"{describe(gapped[0], expected[streams.index(gapped[0])])}\n{figures}"
-        )
-        assert not wrong, (
-            f"{len(wrong)} streams did not get exactly the events they missed, e.g. "
-            f"{describe(streams[wrong[0]], expected[wrong[0]])}\n{figures}"
-        )
-        assert len(publishes.answers) == len(CHANNELS), figures
-        for channel, status, answer, seconds in publishes.answers:
-            assert status == 202, f"publish on {channel} -> {status} {answer!r}\n{figures}"
-            assert seconds < PUBLISH_SECONDS, (
-                f"publish on {channel} took {seconds:.2f}s during the storm\n{figures}"
-            )
-        assert sampler.samples > 1 and any(sampler.most.values()), figures
-        assert max(sampler.most.values()) <= MAX_REDIS_CONNECTIONS_PER_WORKER, (
-            f"Redis connections per worker: {sampler.most} (at most "
-            f"{MAX_REDIS_CONNECTIONS_PER_WORKER})\n{figures}"
-        )
+    assert sampler.samples > 1 and any(sampler.most.values()), report
+    assert max(sampler.most.values()) <= MAX_REDIS_CONNECTIONS_PER_WORKER, (
+        f"Redis connections per worker: {sampler.most} (at most "
+        f"{MAX_REDIS_CONNECTIONS_PER_WORKER})\n{report}"
+    )
+
+
+def test_a_storm_of_1500_resuming_streams_gets_every_missed_event_and_no_gap(
+    start_hub: HubLauncher, redis_url: str, redis_client: Any,
+) -> None:
+    began = time.monotonic()
+    hub = start_hub(
+        SSE_REDIS_URL=redis_url, WEB_CONCURRENCY=2, SSE_HISTORY_SIZE=HISTORY_SIZE,
+        SSE_QUEUE_SIZE=2000, SSE_HEARTBEAT_SECONDS=5,
+    )
+    redis_port = int(redis_client.connection_pool.connection_kwargs["port"])
+    workers = wait_for_two_workers(hub)
+    storm = Storm(hub, publish_history(hub), RedisSampler(redis_client, workers, redis_port))
+
+    with ManyStreams(HOST, hub.port, wave=250, max_pending=MAX_PENDING) as many:
+        storm.open_streams(many)
+        storm.run(many)
+        outcome = Outcome.of(storm)
+        report = figures(storm, outcome, many, began)
+        print("\n" + report)
+        check_guarantees(storm, outcome, report)
