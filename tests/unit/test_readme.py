@@ -41,35 +41,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from flask import Flask
 
 import flask_sse_hub
+from flask_sse_hub import SSEBlueprint
 from flask_sse_hub.config import DEFAULTS
 from tests.support.flask_stream import OpenStream
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 README = REPO_ROOT / "README.md"
+#: Every document whose code blocks are run or checked here: the front page and docs/.
+DOCUMENTS = (README, *(REPO_ROOT / "docs" / name for name in (
+    "security.md", "deployment.md", "operations.md", "clients.md",
+)))
 EVENT_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced code block of README.md."""
+    """One fenced code block of a document."""
 
     lang: str
     text: str  # without the fence's indentation
     line: int  # of the opening fence, 1-based
+    source: str = "README.md"
 
     def __str__(self) -> str:
         first = self.text.strip().splitlines()[0] if self.text.strip() else ""
-        return f"README.md:{self.line} ```{self.lang} ({first[:50]!r})"
+        return f"{self.source}:{self.line} ```{self.lang} ({first[:50]!r})"
 
 
 def readme_blocks(text: str | None = None) -> list[Block]:
-    """The fenced code blocks of README.md, in order."""
-    lines = (README.read_text() if text is None else text).splitlines()
+    """The fenced code blocks of every document (or of ``text``), in order."""
+    if text is not None:
+        return _blocks(text, "README.md")
+    return [
+        block for path in DOCUMENTS
+        for block in _blocks(path.read_text(), str(path.relative_to(REPO_ROOT)))
+    ]
+
+
+def _blocks(text: str, source: str) -> list[Block]:
+    lines = text.splitlines()
     blocks: list[Block] = []
     index = 0
     while index < len(lines):
@@ -84,8 +100,8 @@ def readme_blocks(text: str | None = None) -> list[Block]:
             line = lines[index]
             body.append(line[indent:] if line[:indent].strip() == "" else line.lstrip())
             index += 1
-        assert index < len(lines), f"README.md:{start + 1}: code block never closed"
-        blocks.append(Block(opening["lang"], "\n".join(body) + "\n", start + 1))
+        assert index < len(lines), f"{source}:{start + 1}: code block never closed"
+        blocks.append(Block(opening["lang"], "\n".join(body) + "\n", start + 1, source))
         index += 1
     return blocks
 
@@ -134,13 +150,34 @@ KINDS: dict[str, tuple[Callable[[Block], bool], str]] = {
     "layout": (
         lambda b: b.lang == "" and "flask_sse_hub/" in b.text and "wsgi.py" in b.text,
         "test_layout_block_names_files_that_exist"),
+    "metrics view": (
+        lambda b: b.lang == "python" and "sse.metrics_view" in b.text,
+        "test_operations_blocks_run_against_an_app"),
+    "presence calls": (
+        lambda b: b.lang == "python" and "hub.occupancy(" in b.text,
+        "test_operations_blocks_run_against_an_app"),
+    "identify": (
+        lambda b: b.lang == "python" and "@sse.identify" in b.text,
+        "test_operations_blocks_run_against_an_app"),
+    "disconnect calls": (
+        lambda b: b.lang == "python" and "hub.disconnect(subject=" in b.text,
+        "test_operations_blocks_run_against_an_app"),
+    "python listener": (
+        lambda b: b.lang == "python" and "from flask_sse_hub.client import listen" in b.text,
+        "test_client_blocks_use_what_exists"),
+    "tail commands": (
+        _sh("flask-sse-hub tail"),
+        "test_client_blocks_use_what_exists"),
+    "sse-hub.js page": (
+        lambda b: b.lang == "html" and "SSEHubSource" in b.text,
+        "test_client_blocks_use_what_exists"),
 }
 
 
 def readme_block(kind: str) -> Block:
     """The one README block of ``kind`` (a key of :data:`KINDS`)."""
     matches = [block for block in readme_blocks() if KINDS[kind][0](block)]
-    assert len(matches) == 1, f"{len(matches)} README blocks of kind {kind!r}: " + ", ".join(
+    assert len(matches) == 1, f"{len(matches)} blocks of kind {kind!r}: " + ", ".join(
         map(str, matches))
     return matches[0]
 
@@ -156,7 +193,7 @@ def test_every_readme_block_is_claimed_by_exactly_one_test() -> None:
     for kind, (matches, test) in KINDS.items():
         count = sum(1 for block in blocks if matches(block))
         if count != 1:
-            problems.append(f"{kind!r} ({test}) matches {count} README blocks, not 1")
+            problems.append(f"{kind!r} ({test}) matches {count} blocks, not 1")
     assert not problems, "\n".join(problems)
 
 
@@ -224,7 +261,8 @@ def test_jwt_snippet_mints_a_token_the_hub_accepts(
     secret = "a-secret-of-at-least-32-bytes-for-hs256"
     # Self-contained but for the secret: any other undefined name is a NameError.
     namespace: dict[str, Any] = {"SSE_JWT_SECRET": secret}
-    exec(compile(readme_block("JWT minting").text, "README.md", "exec"), namespace)
+    block = readme_block("JWT minting")
+    exec(compile(block.text, block.source, "exec"), namespace)
     token = namespace["token"]
     assert isinstance(token, str)
     client = make_app(standalone=True, SSE_JWT_SECRET=secret).test_client()
@@ -358,15 +396,18 @@ def test_every_setting_named_in_a_block_exists() -> None:
             assert name in known, f"{block} names {name}, which is no setting"
 
 
-def test_every_pip_extra_in_the_readme_exists() -> None:
+def test_every_pip_extra_in_the_documents_exists() -> None:
     setup = configparser.ConfigParser()
     setup.read(REPO_ROOT / "setup.cfg")
     extras = set(setup["options.extras_require"])
-    named = re.findall(r"flask-sse-hub\[([\w,-]+)\]", README.read_text())
-    assert named, "the README names no extra"
+    named = [
+        group for path in DOCUMENTS
+        for group in re.findall(r"flask-sse-hub\[([\w,-]+)\]", path.read_text())
+    ]
+    assert {"redis", "client"} <= set(named), f"the documents name the extras {named}"
     for group in named:
         for extra in group.split(","):
-            assert extra in extras, f"README names the extra [{extra}], setup.cfg has {extras}"
+            assert extra in extras, f"a document names the extra [{extra}], not in {extras}"
     comment_extras = re.findall(r"\[(\w+)\]", readme_block("Redis workers").text)
     assert set(comment_extras) <= extras, comment_extras
 
@@ -394,3 +435,38 @@ def test_layout_block_names_files_that_exist() -> None:
         if not indented and names[0].endswith("/"):
             directory = REPO_ROOT / names[0]
     assert len(checked) >= 10, checked
+
+
+# -- docs/operations.md and docs/clients.md ---------------------------------------------
+
+
+def test_operations_blocks_run_against_an_app(make_app: Callable[..., Flask]) -> None:
+    sse = SSEBlueprint("sse", __name__)
+    app = make_app(sse)
+    namespace: dict[str, Any] = {"app": app, "sse": sse, "flask_sse_hub": flask_sse_hub}
+    with app.app_context():
+        for kind in ("metrics view", "presence calls", "identify", "disconnect calls"):
+            block = readme_block(kind)
+            namespace["hub"] = flask_sse_hub.hubs(app)["sse"]
+            exec(compile(block.text, block.source, "exec"), namespace)
+    metrics = app.test_client().get("/metrics")
+    assert metrics.status_code == 200 and b"sse_hub_streams" in metrics.data
+    assert namespace["who"].__name__ == "who"  # registered by @sse.identify
+
+
+def test_client_blocks_use_what_exists(make_app: Callable[..., Flask]) -> None:
+    listener = readme_block("python listener")
+    compile(listener.text, listener.source, "exec")  # it runs forever against a hub
+    from flask_sse_hub import client
+
+    gap = client.Gap("sse-hub-gap", '{"last_event_id": "x"}', "1")
+    for name in re.findall(r"event\.(\w+)", listener.text):
+        assert hasattr(gap, name), f"{listener} uses event.{name}, which does not exist"
+    help_text = client.tail_command().get_help(click.Context(client.tail_command()))
+    for option in re.findall(r"\s(--?[a-z][\w-]*)", readme_block("tail commands").text):
+        assert option in help_text, f"tail has no option {option}"
+    page = readme_block("sse-hub.js page").text
+    script = re.search(r'<script src="([^"]+)">', page)
+    assert script, page
+    served = make_app(flask_sse_hub.sse).test_client().get(script[1])
+    assert served.status_code == 200 and b"SSEHubSource" in served.data
