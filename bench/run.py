@@ -122,6 +122,10 @@ FULL_SCENARIOS = [
              "2 000 streams at once, each resuming 400 to 599 events back",
              streams=2000, events=600, batch=300, event_bytes=1024, history_size=5000,
              deadline=120, drain=15),
+    Scenario("resume-storm-10k", "storm",
+             "reconnect storm: 30 events published with no stream open, then 10 000 streams at "
+             "once, each resuming (Last-Event-ID) 20 to 29 events back",
+             streams=10000, events=30, batch=30, deadline=120, drain=15),
 ]
 
 QUICK_SCENARIOS = [
@@ -141,6 +145,9 @@ QUICK_SCENARIOS = [
              "resume storm: 600 events of 1 KB, then 300 streams at once resuming 400 to 599 back",
              streams=300, events=600, batch=300, event_bytes=1024, history_size=5000,
              deadline=60, drain=5),
+    Scenario("resume-storm-10k", "storm",
+             "reconnect storm: 30 events, then 1 000 streams at once resuming 20 to 29 back",
+             streams=1000, events=30, batch=30, deadline=60, drain=5),
 ]
 
 # -- peers -----------------------------------------------------------------------
@@ -551,6 +558,9 @@ METRICS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "storm_streams_incomplete": lambda r: r["storm"].get("streams_incomplete"),
     "storm_unexpected_events": lambda r: r["storm"].get("unexpected_events"),
     "storm_probe_publishes": lambda r: r["storm"].get("probe_publishes"),
+    # The worker's CPU during the storm, per stream resumed.
+    "storm_cpu_ms_per_resume": lambda r: round(
+        r["cpu"]["server_pct"] / 100 * r["cpu"]["wall_seconds"] * 1000 / max(1, r["streams"]), 3),
 }
 
 
@@ -687,13 +697,13 @@ def render_markdown(data: dict[str, Any]) -> str:
                 "| peer | storm resume s | × best | each run s | streams resumed/N | gap events | "
                 "missing | dups | reconnects | replayed deliveries/s | probe POST p50 ms | "
                 "probe POST max ms | probe event p99 ms | connect s | server CPU % | "
-                "loadgen CPU % |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "server CPU ms/resume | loadgen CPU % |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for peer, cell in cells.items():
                 v = cell.get("median")
                 if not v:
-                    lines.append(f"| {peer} | {cell.get('status', 'no result')} |" + " |" * 14)
+                    lines.append(f"| {peer} | {cell.get('status', 'no result')} |" + " |" * 15)
                     continue
                 each = " / ".join(fmt((r.get("storm") or {}).get("resume_seconds"), 2)
                                   if (r.get("storm") or {}).get("resume_seconds") is not None
@@ -707,7 +717,7 @@ def render_markdown(data: dict[str, Any]) -> str:
                     f"| {fmt(v['deliveries_per_s'])} | {fmt(v['publish_p50_ms'], 1)} "
                     f"| {fmt(v['publish_max_ms'], 1)} | {fmt(v['p99_ms'], 1)} "
                     f"| {fmt(v['connect_seconds'], 2)} | {fmt(v['server_cpu_pct'])} "
-                    f"| {fmt(v['loadgen_cpu_pct'])} |")
+                    f"| {fmt(v['storm_cpu_ms_per_resume'], 3)} | {fmt(v['loadgen_cpu_pct'])} |")
         else:
             key = "publish_requests_per_s" if sc["batch"] == 1 else "publish_events_per_s"
             b = best(key)

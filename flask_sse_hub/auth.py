@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from flask import Request, Response, request
+from flask import Response, request
+from werkzeug.wrappers import Request
 
 from .config import HubConfig
 from .errors import Forbidden, RequestRefused, Unauthorized
@@ -243,13 +244,13 @@ def check_operator(secret: str | None) -> None:
     a client that is not on loopback while it is unset.
     """
     if secret is None:
-        if not is_local_request():
+        if not is_local_request(request):
             raise RequestRefused(403, "only loopback clients may read this; set SSE_STATS_TOKEN")
         return
     token = request_token(request)
     if token is not None and hmac.compare_digest(token.encode(), secret.encode()):
         return
-    if token is None and is_local_request():
+    if token is None and is_local_request(request):
         return
     raise Unauthorized(
         "wrong bearer token" if token else "missing bearer token (SSE_STATS_TOKEN)",
@@ -260,11 +261,11 @@ def check_operator(secret: str | None) -> None:
 _FORWARDING_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
 
 
-def is_local_request() -> bool:
+def is_local_request(req: Request) -> bool:
     """From loopback, and not relayed by a proxy on this host (forwarding headers)."""
-    environ = request.environ
+    environ = req.environ
     forwarded = any(key in environ for key in _FORWARDING_HEADERS)
-    return not forwarded and is_loopback(request.remote_addr)
+    return not forwarded and is_loopback(req.remote_addr)
 
 
 @functools.lru_cache(maxsize=1024)

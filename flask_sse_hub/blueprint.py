@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import random
 import resource
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,7 @@ class Hub:
             lease=2 * config.heartbeat_seconds,
         )
         self._ticking = False
+        self._next_heartbeat = 0.0
         self.preamble = encode_preamble(config.retry_ms)
         self.heartbeat = encode_ping(config.ping_event) if config.ping_event else HEARTBEAT
         #: Checks subscribe/publish tokens when ``SSE_JWT_*`` is set, else None.
@@ -143,6 +146,11 @@ class Hub:
             ticker.stop(self._tick)
             self._withdraw()
             return
+        now = time.monotonic()
+        beat = now >= self._next_heartbeat
+        if beat:
+            self._next_heartbeat = now + self.config.heartbeat_seconds
+        self.broker.sweep(self.heartbeat if beat else None)
         self._presence.tick()
 
     def _withdraw(self) -> None:
@@ -260,10 +268,12 @@ def capacity_response(exc: AtCapacity, retry_ms: int) -> Response:
 def error_response(exc: HubError) -> Response:
     """The one mapping from hub errors to HTTP answers: status, headers and a JSON reason."""
     Metrics.get().refuse(exc.status)
-    response = jsonify(error=str(exc))
-    response.status_code = exc.status
-    response.headers.update(exc.headers)
-    return response
+    # Built by hand, not with jsonify: it answers outside an app context too
+    # (the standalone hub's publish fast path).
+    return Response(
+        json.dumps({"error": str(exc)}), status=exc.status, mimetype="application/json",
+        headers=exc.headers,
+    )
 
 
 class SSEBlueprint(Blueprint):

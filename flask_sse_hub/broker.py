@@ -24,6 +24,8 @@ invariants: docs/architecture.md#concurrency, docs/architecture.md#invariants.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -117,7 +119,7 @@ class Subscription:
 
     __slots__ = (
         "abort", "channels", "client", "delivered", "dequeued", "end_reason", "enqueued",
-        "joined", "queue", "subject", "tagged",
+        "heard", "joined", "queue", "subject", "tagged",
     )
 
     def __init__(
@@ -137,6 +139,9 @@ class Subscription:
         self.enqueued = 0
         self.dequeued = 0
         self.delivered = 0
+        #: ``delivered`` at the last heartbeat sweep: unchanged means idle since
+        #: (-1: not swept yet, so a new stream's first heartbeat comes a whole interval on).
+        self.heard = -1
         #: Why the hub ended this stream ("slow", "shutdown"), or None.
         self.end_reason: str | None = None
         #: Set by the stream when the server exposes its socket: cuts a client
@@ -289,6 +294,9 @@ class Broker:
         #: Grows with every (un)registration: presence recomputes only when it moved.
         self.changes = 0
         self._delivered_by_closed = 0
+        #: Streams that end at a time (max age, token expiry): (when, tie-break, sub), a heap.
+        self._deadlines: list[tuple[float, int, Subscription]] = []
+        self._tiebreak = itertools.count()
 
     # -- publishing -----------------------------------------------------------
 
@@ -513,6 +521,41 @@ class Broker:
         sub.close(reason, release=True)
         if cut and abort is not None:
             abort()
+
+    # -- heartbeats and deadlines (the ticker) ------------------------------------
+
+    def end_at(self, sub: Subscription, deadline: float) -> None:
+        """End ``sub`` at ``deadline`` (monotonic): its age limit, or its token's expiry."""
+        with self._lock:
+            heapq.heappush(self._deadlines, (deadline, next(self._tiebreak), sub))
+
+    def sweep(self, heartbeat: bytes | None) -> None:
+        """End the streams whose deadline passed; with ``heartbeat``, beat each idle stream.
+
+        Idle: nothing written since the last sweep with a heartbeat and
+        nothing queued. Called by the ticker (every tick; with ``heartbeat``
+        once per ``SSE_HEARTBEAT_SECONDS``), so no stream waits with a timer
+        of its own.
+        """
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                expired.append(heapq.heappop(self._deadlines)[2])
+            live = (
+                {sub for subs in self._channels.values() for sub in subs}
+                if heartbeat is not None else ()
+            )
+        for sub in expired:
+            if sub.end_reason is None:
+                self.end(sub, "expired")
+        if heartbeat is None:
+            return
+        item: Chunk = (heartbeat, 0, 0.0)
+        for sub in live:
+            if sub.delivered == sub.heard and sub.queue.empty():
+                sub.queue.put_nowait(item)
+            sub.heard = sub.delivered
 
     # -- ending streams on demand ------------------------------------------------
 

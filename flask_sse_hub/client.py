@@ -176,18 +176,23 @@ class Listener:
             if response.status_code != 200:
                 response.read()
                 raise _Retry(f"{response.status_code}: {_reason(response)}")
+            connection_id = ""  # httpx-sse's last event id: it carries over to later blocks
             for sse in EventSource(response).iter_sse():
                 if sse.retry is not None:
                     self.retry_ms = sse.retry
+                new_id = sse.id != connection_id
+                connection_id = sse.id
                 if sse.id:
                     self.last_event_id = sse.id
                 if sse.event == POSITION_EVENT_TYPE:
                     continue  # where the stream starts: an id to keep, not an event
-                if not sse.data and not sse.id and sse.event == "message":
+                if not sse.data and not new_id and sse.event == "message":
                     # A block without data (e.g. only ``retry:``), which httpx-sse
-                    # reports and a WHATWG client does not; every published event has an id.
+                    # reports and a WHATWG client does not; every published event
+                    # comes with an id of its own.
                     continue
                 kind = _TYPES.get(sse.event, ServerEvent)
+                # As a WHATWG lastEventId: the last id seen, an event without one included.
                 yield kind(sse.event, sse.data, sse.id or None)
 
     def _wait(self, failures: int) -> None:

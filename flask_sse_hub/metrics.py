@@ -145,8 +145,10 @@ class Metrics:
         self.streams.labels(hub=name).set(stats["subscribers"])
         for metric, (key, _) in COUNTERS.items():
             value = stats.get(key, 0)
-            # A new app under the same name (tests, reloads) starts from zero.
-            increase = value - self._seen.get((name, key), 0)
+            seen = self._seen.get((name, key), 0)
+            # Lower than before: a new app under the same name (tests, reloads),
+            # counting from zero: all of it is new.
+            increase = value - seen if value >= seen else value
             self._seen[name, key] = value
             if increase > 0:
                 self.counters[metric].labels(hub=name).inc(increase)

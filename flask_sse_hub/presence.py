@@ -141,15 +141,26 @@ class Presence:
         for worker, entry in self.broker.backend.shared_presence(channel).items():
             if worker == self.worker:
                 continue  # ours is fresher here than what we shared
-            try:
-                streams, names = json.loads(entry)
-                count += int(streams)
-                subjects.update(str(name) for name in names)
-            except (ValueError, TypeError):
-                continue  # not a snapshot of ours: nobody's presence
+            parsed = _entry(entry)
+            if parsed is not None:  # else not a snapshot of ours: nobody's presence
+                count += parsed[0]
+                subjects.update(parsed[1])
         return count, sorted(subjects)
 
     def leave(self) -> None:
         """This process stops (shutdown): its streams leave everyone's presence now."""
         if self.broker.backend.shares_presence:
             self.broker.backend.share_presence(self.worker, {}, self.lease)
+
+
+def _entry(text: str) -> tuple[int, list[str]] | None:
+    """A shared snapshot entry, ``[streams, [subjects]]``, checked whole before it counts."""
+    try:
+        streams, names = json.loads(text)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(streams, int) or isinstance(streams, bool) or streams < 0:
+        return None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return streams, names

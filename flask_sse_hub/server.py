@@ -9,26 +9,21 @@ given to :func:`create_app`.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .api import sse
-from .auth import Grants, check_operator, is_local_request, is_loopback, request_token
-from .blueprint import Hub, error_response
-from .broker import Idempotency
+from .auth import check_operator
+from .blueprint import Hub
 from .config import ServerConfig, from_environ, set_defaults
-from .errors import Forbidden, HubError, RequestRefused, Unauthorized
+from .errors import HubError, RequestRefused
 from .metrics import Metrics
-from .sockets import end_of_requests, gevent_patched, stream_socket
-from .wire import Event, events_from_items
+from .publishing import PublishFastPath, check_publisher, publish_answer, read_json, refusal
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -49,23 +44,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     set_defaults(app.config, "standalone")
     server = ServerConfig.from_mapping(app.config)
     log.info("standalone hub: %s", server.summary())
-    if server.proxy_hops:
-        # Behind that many reverse proxies: the client's address (per-IP
-        # limit, logs), scheme, host and path prefix come from X-Forwarded-*.
-        hops = server.proxy_hops
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops,
-        )
 
     @app.errorhandler(HubError)
     def hub_error(exc: HubError) -> Response:
-        if exc.status in (401, 403, 408):
-            what = "publish" if request.endpoint == "hub.publish" else request.path
-            hub.warnings.warn(
-                f"refused {what} {exc.status}", "refused %s from %s: %s",
-                what, request.remote_addr, exc,
-            )
-        return error_response(exc)
+        what = "publish" if request.endpoint == "hub.publish" else request.path
+        return refusal(hub, exc, request, what)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -83,6 +66,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # headers from the blueprint too (applying a policy twice changes nothing).
         app.after_request(functools.partial(_with_cors, hub))
     app.register_blueprint(_routes(hub, server))
+    # POST /publish without Flask's dispatch (same code: publishing.py), inside
+    # ProxyFix so that it sees the client's address as the routes do.
+    app.wsgi_app = PublishFastPath(app.wsgi_app, hub, server)  # type: ignore[method-assign]
+    if server.proxy_hops:
+        # Behind that many reverse proxies: the client's address (per-IP
+        # limit, logs), scheme, host and path prefix come from X-Forwarded-*.
+        hops = server.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops,
+        )
     return app
 
 
@@ -91,26 +84,8 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
     routes = Blueprint("hub", __name__)
 
     @routes.post("/publish")
-    def publish() -> tuple[Response, int]:
-        hub.check_server(request.environ)
-        # Credentials first: nobody without them gets the hub to read a body.
-        grants = _check_publisher(hub, server.publish_token)
-        if grants is not None and not grants.publish:
-            raise Forbidden("token grants no publishing")
-        idempotency_key = _idempotency_key()
-        events, batch = _parse_publish_body(hub, server)
-        if grants is not None:
-            grants.check_publish({event.channel for event in events})
-        idempotency = None
-        if idempotency_key is not None:
-            # The same key with the same body is the same publish, on any worker.
-            fingerprint = hashlib.sha256(request.get_data(cache=True)).hexdigest()
-            idempotency = Idempotency(idempotency_key, fingerprint, server.idempotency_seconds)
-        ids = hub.publish_events(events, idempotency)
-        # json.dumps straight into a Response: jsonify's provider machinery
-        # was a fifth of this view's time in a profile of single publishes.
-        answer = json.dumps({"ids": ids} if batch else {"id": ids[0]})
-        return Response(answer, mimetype="application/json"), 202
+    def publish() -> Response:
+        return publish_answer(hub, server, request)
 
     @routes.get("/")
     def demo() -> str:
@@ -139,7 +114,7 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
     @routes.post("/disconnect")
     def disconnect() -> tuple[Response, int]:
         hub.check_server(request.environ)
-        grants = _check_publisher(hub, server.publish_token)
+        grants = check_publisher(hub, server.publish_token, request)
         channel, subject = _parse_disconnect_body(server)
         if grants is not None:
             # A token may end the streams of channels it may publish to;
@@ -151,29 +126,11 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
     return routes
 
 
-def _idempotency_key() -> str | None:
-    """The ``Idempotency-Key`` header: 1-255 visible ASCII characters, or absent."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 0 < len(key) <= 255 or not all("!" <= char <= "~" for char in key):
-        raise RequestRefused(
-            400, "Idempotency-Key must be 1-255 visible ASCII characters (e.g. a UUID)"
-        )
-    return key
-
-
 def _parse_disconnect_body(server: ServerConfig) -> tuple[str | None, str | None]:
     """``{"channel": ..., "subject": ...}``: at least one of them."""
     if not request.is_json:
         raise RequestRefused(415, "send JSON (Content-Type: application/json)")
-    request.max_content_length = 65536
-    try:
-        body = json.loads(_read_body(server.publish_body_seconds))
-    except RequestEntityTooLarge:
-        raise RequestRefused(413, "a disconnect body is at most 64 KiB") from None
-    except (ValueError, RecursionError) as exc:
-        raise RequestRefused(400, f"body is not valid JSON: {exc}") from None
+    body = read_json(request, 65536, server.publish_body_seconds)
     if not isinstance(body, dict) or set(body) - {"channel", "subject"}:
         raise RequestRefused(400, 'send {"channel": ..., "subject": ...} (one or both)')
     channel, subject = body.get("channel"), body.get("subject")
@@ -185,109 +142,6 @@ def _parse_disconnect_body(server: ServerConfig) -> tuple[str | None, str | None
 def _with_cors(hub: Hub, response: Response) -> Response:
     assert hub.cors is not None
     return hub.cors.apply(request, response)
-
-
-def _check_publisher(hub: Hub, secret: str | None) -> Grants | None:
-    """Who is publishing: ``None`` may publish anywhere, else the channels its token grants.
-
-    ``SSE_PUBLISH_TOKEN`` (compared in constant time) grants every channel; a
-    JWT (``SSE_JWT_*``) the channels of its ``sse.publish`` claim. With neither
-    set, only loopback clients may publish.
-    """
-    if secret is not None or hub.verifier is not None:
-        token = request_token(request)
-        if token is not None and secret is not None and hmac.compare_digest(
-            token.encode(), secret.encode()
-        ):
-            return None
-        if hub.verifier is None:
-            raise Unauthorized(
-                "wrong bearer token" if token else "missing bearer token",
-                token_given=token is not None,
-            )
-        return hub.verifier.grants(token)
-    if not is_local_request():
-        raise RequestRefused(
-            403, "anonymous publish is only allowed from loopback; set SSE_PUBLISH_TOKEN"
-        )
-    if not _is_loopback_host(request.host):
-        # A page on a DNS name that rebinds to 127.0.0.1 reaches us from loopback
-        # too, but its requests name its own host.
-        raise RequestRefused(
-            403, f"anonymous publish needs a loopback Host (localhost, 127.x.y.z, [::1]), "
-            f"not {request.host!r}; set SSE_PUBLISH_TOKEN",
-        )
-    return None
-
-
-@functools.lru_cache(maxsize=256)
-def _is_loopback_host(host: str) -> bool:
-    """``localhost``, ``127.x.y.z`` or ``[::1]``, with any port."""
-    name = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
-    if name.lower() == "localhost":
-        return True
-    return is_loopback(name.strip("[]")) and (name.startswith("[") or name.count(".") == 3)
-
-
-def _parse_publish_body(hub: Hub, server: ServerConfig) -> tuple[list[Event], bool]:
-    """The events of a ``POST /publish`` body, all validated, and whether it was a batch."""
-    if not request.is_json:
-        raise RequestRefused(415, "send the event as JSON (Content-Type: application/json)")
-    limit = server.max_publish_bytes
-    too_large = RequestRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
-    # One byte over the limit is read so that a chunked body (no Content-Length),
-    # which Werkzeug cuts at the limit without a word, is seen to be too large.
-    request.max_content_length = limit + 1
-    try:
-        raw = _read_body(server.publish_body_seconds)
-    except RequestEntityTooLarge:
-        raise too_large from None
-    if len(raw) > limit:
-        raise too_large
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise RequestRefused(400, f"body is not valid JSON: {exc}") from None
-    items = payload if isinstance(payload, list) else [payload]
-    if not items:
-        raise RequestRefused(400, "empty batch")
-    if len(items) > server.max_batch:
-        raise RequestRefused(
-            413, f"a batch of {len(items)} events, at most {server.max_batch} (SSE_MAX_BATCH)"
-        )
-    batch = isinstance(payload, list)
-    try:
-        events = events_from_items(items, max_bytes=hub.config.max_event_bytes, numbered=batch)
-    except TypeError as exc:  # JSON data always encodes; kept for the type's sake
-        raise RequestRefused(400, str(exc)) from None
-    return events, batch
-
-
-def _read_body(seconds: float) -> bytes:
-    """The request body, which must arrive within ``seconds`` in all (408 otherwise).
-
-    Under gevent a timeout bounds the whole read, however slowly the bytes
-    trickle in; elsewhere the socket's timeout bounds each wait for more.
-    A body cut short leaves the connection unusable: it is closed after the answer.
-    """
-    late = RequestRefused(408, f"the body did not arrive within {seconds:g} s "
-                               "(SSE_PUBLISH_BODY_SECONDS)")
-    sock = stream_socket(request.environ)
-    try:
-        if gevent_patched():
-            import gevent
-
-            with gevent.Timeout(seconds, late):
-                return request.get_data(cache=True)
-        if sock is not None:
-            sock.settimeout(seconds)
-        return request.get_data(cache=True)
-    except (TimeoutError, RequestRefused):
-        end_of_requests(sock)
-        raise late from None
-    finally:
-        if sock is not None and not gevent_patched():
-            sock.settimeout(None)
 
 
 def _use_gunicorn_logging() -> None:

@@ -43,7 +43,7 @@ log = logging.getLogger("flask_sse_hub")
 class Stream:
     """The body of one stream; iterate it once, then :meth:`close` it."""
 
-    __slots__ = ("_deadline", "_hub", "_last_id", "_replay", "_sock", "_sub", "_watch")
+    __slots__ = ("_hub", "_last_id", "_replay", "_sock", "_sub", "_watch")
 
     def __init__(
         self, hub: Hub, sub: Subscription, replay: Replay, last_id: str | None,
@@ -54,7 +54,9 @@ class Stream:
         self._replay = replay
         self._last_id = last_id
         self._sock = sock
-        self._deadline = self._end_time(expires_at)
+        deadline = self._end_time(expires_at)
+        if deadline is not None:
+            hub.broker.end_at(sub, deadline)
         self._watch = hub.watcher.watch(sock, self._gone)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -112,24 +114,22 @@ class Stream:
         self._replay = Replay()  # what is written is not kept
 
     def _live(self) -> Iterator[bytes]:
-        """Live chunks and heartbeats until the stream ends; then the connection closes."""
+        """Live chunks and heartbeats until the stream ends; then the connection closes.
+
+        The wait has no timeout: heartbeats arrive through the queue like
+        events (the broker's sweep puts one in the queue of each idle
+        stream), and so does the end at the stream's deadline. One timer per
+        hub instead of one per wait of every stream.
+        """
         sub = self._sub
-        interval = self._hub.config.heartbeat_seconds
         while sub.end_reason is None:
-            timeout = interval
-            if self._deadline is not None:
-                timeout = min(self._deadline - time.monotonic(), interval)
-                if timeout <= 0:
-                    break
-            try:
-                item = sub.queue.get(timeout=timeout)
-            except queue.Empty:
-                if self._deadline is None or time.monotonic() < self._deadline:
-                    yield self._hub.heartbeat
-                continue
+            item = sub.queue.get()
             if item is CLOSE or sub.end_reason is not None:
                 break
             chunk, count, published_at = item
+            if not count:  # a heartbeat
+                yield chunk
+                continue
             if sub.enqueued - sub.dequeued > count:
                 chunk, count = self._coalesce(chunk, count)
             sub.dequeued += count

@@ -1,5 +1,6 @@
-// The demo page of flask-sse-hub: one EventSource on the chosen channels, a
-// publish form, and the hub's counters from /stats.
+// The demo page of flask-sse-hub: one SSEHubSource (sse-hub.js: one stream
+// shared by every tab of this browser, an EventSource where it cannot share) on
+// the chosen channels, a publish form, and the hub's counters from /stats.
 //
 // No dependencies and nothing from outside the hub. Every URL is relative to
 // the page (which is the hub's root), so it works behind a path prefix.
@@ -14,13 +15,14 @@
   const STATS_EVERY_MS = 2000;
   const numbers = new Intl.NumberFormat("en-US");
 
-  let source = null; // the current EventSource
+  let source = null; // the current SSEHubSource
   let channels = []; // its channels
   const listeners = new Map(); // named type -> its listener on `source`
   let everOpen = false;
   let reconnects = 0;
   let received = 0;
   let lastId = null; // the id the browser resumes after, as far as the page saw
+  let clientReady = false; // sse-hub.js has loaded (or failed to)
 
   // -- small helpers ----------------------------------------------------------
 
@@ -76,6 +78,16 @@
 
   // -- the connection ---------------------------------------------------------
 
+  // sse-hub.js, next to this script; should it not load, a plain EventSource.
+  const clientLoaded = new Promise((resolve) => {
+    const script = document.createElement("script");
+    script.src = "static/sse-hub.js";
+    script.onload = script.onerror = () => resolve();
+    document.head.append(script);
+  });
+  const Source = () => window.SSEHubSource || EventSource;
+  const open = (url) => (window.SSEHubSource ? new window.SSEHubSource(url) : new EventSource(url));
+
   function setState(state, note) {
     $("state").textContent = state;
     $("state").dataset.state = state;
@@ -96,6 +108,10 @@
 
   function connect() {
     disconnect();
+    if (!clientReady) {
+      clientLoaded.then(() => { clientReady = true; connect(); });
+      return;
+    }
     channels = unique(splitList($("channels").value));
     if (!channels.length) channels = ["default"];
     $("channels").value = channels.join(", ");
@@ -108,7 +124,7 @@
     setLastId(null);
     setState("connecting");
     const url = streamUrl(true);
-    const es = new EventSource(url);
+    const es = open(url);
     source = es;
     es.onopen = () => {
       if (es !== source) return;
@@ -120,7 +136,7 @@
     };
     es.onerror = () => {
       if (es !== source) return;
-      if (es.readyState === EventSource.CLOSED) {
+      if (es.readyState === Source().CLOSED) {
         setState("closed", "the hub refused the stream");
         explainRefusal(es, url);
       } else if (everOpen) {
@@ -141,7 +157,7 @@
     listeners.clear();
   }
 
-  // An EventSource gives no status or reason when the hub refuses it (400,
+  // A source gives no status or reason when the hub refuses it (400,
   // 401, 403): ask once more with fetch to show why.
   async function explainRefusal(es, url) {
     const controller = new AbortController();

@@ -462,7 +462,8 @@ def test_token_field_authorizes_publishing_and_rides_on_the_stream_url(
     event_id = publish_from_form(page, channel="default", data="with the token")
     shown = wait_rows(page, 1)
     assert [(row["id"], row["data"]) for row in shown] == [(event_id, "with the token")]
-    assert f"{origin}stream?channel=default&token=s3cret-token" in requested
+    # The page's SSEHubSource (sse-hub.js) asks for the tagged stream it can share: ?relay=1.
+    assert f"{origin}stream?channel=default&token=s3cret-token&relay=1" in requested
     assert "s3cret-token" not in page.text_content("body")  # never shown
     assert hub.stats()["events_published"] == 1
 
