@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -275,7 +276,7 @@ def tail_command() -> Any:
 
         One line per event: id, type and data, tab-separated (or --json).
         Reconnects are noted on stderr. Exit status: 0 after --count events
-        or on Ctrl-C, 3 when the hub refuses the stream (400/401/403/404),
+        or on Ctrl-C (SIGINT) or SIGTERM, 3 when the hub refuses the stream (400/401/403/404),
         1 on other errors.
         """
         def reconnecting(listener: Listener, delay: float) -> None:
@@ -284,6 +285,12 @@ def tail_command() -> Any:
                 f"{listener.last_event_id or 'the start'}", err=True,
             )
 
+        # Ctrl-C and SIGTERM end it cleanly, even when started with SIGINT
+        # ignored (as a shell's background job is).
+        before = {
+            number: signal.signal(number, signal.default_int_handler)
+            for number in (signal.SIGINT, signal.SIGTERM)
+        }
         listener = listen(url, channels, last_event_id, token, on_reconnect=reconnecting)
         printed = 0
         try:
@@ -299,6 +306,8 @@ def tail_command() -> Any:
             pass
         finally:
             listener.close()
+            for number, handler in before.items():
+                signal.signal(number, handler)
 
     return tail
 

@@ -161,9 +161,16 @@ def test_a_disconnect_is_a_typed_event_and_can_end_the_listener(start_hub: HubLa
 
 # -- flask-sse-hub tail -----------------------------------------------------------------------
 
-def tail(hub: HubServer, *args: str) -> subprocess.Popen[str]:
+def tail(hub: HubServer, *args: str, ignore_sigint: bool = False) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "flask_sse_hub", "tail", stream_url(hub), *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ignoring() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignoring if ignore_sigint else None,
+    )
 
 
 def finished(proc: subprocess.Popen[str], timeout: float = 15) -> tuple[int, str, str]:
@@ -195,14 +202,16 @@ def test_tail_json_shows_a_gap_for_an_unknown_id(start_hub: HubLauncher) -> None
     assert json.loads(line["data"]) == {"last_event_id": "no-such-id"}
 
 
-def test_tail_exits_cleanly_on_sigint(start_hub: HubLauncher) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_tail_exits_cleanly_on_a_signal(start_hub: HubLauncher, stop: signal.Signals) -> None:
     hub = start_hub()
-    proc = tail(hub, "-c", "a")
+    # Started with SIGINT ignored, as a shell's background job is: tail handles it anyway.
+    proc = tail(hub, "-c", "a", ignore_sigint=True)
     hub.wait_subscribers("a", 1)
     event_id = hub.publish("hello", channel="a")
     assert proc.stdout is not None
     assert proc.stdout.readline() == f"{event_id}\tmessage\thello\n"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     status, _, err = finished(proc)
     assert status == 0, err
 
