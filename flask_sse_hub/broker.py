@@ -93,6 +93,8 @@ class ReplayInterrupted(Exception):
     """
 
 
+#: (Un)registrations noted for presence before it must read the whole registry instead.
+JOINS_KEPT = 100_000
 #: A replay page: what a resuming stream reads at a time (one event, if larger).
 PAGE_BYTES = 128 * 1024
 #: What it writes at a time. Beyond the shared history a resuming stream holds
@@ -291,8 +293,9 @@ class Broker:
         self.replays = 0
         self.gaps = 0
         self.disconnected = 0
-        #: Grows with every (un)registration: presence recomputes only when it moved.
-        self.changes = 0
+        # Every (un)registration since presence last looked: ((channel, subject), +1 or -1);
+        # None once it grew past JOINS_KEPT unread: presence then reads the whole registry.
+        self._joins: list[tuple[tuple[str, str | None], int]] | None = []
         self._delivered_by_closed = 0
         #: Streams that end at a time (max age, token expiry): (when, tie-break, sub), a heap.
         self._deadlines: list[tuple[float, int, Subscription]] = []
@@ -352,7 +355,7 @@ class Broker:
             for channel in sub.channels:
                 self._channels.setdefault(channel, set()).add(sub)
             self.connections += 1
-            self.changes += 1
+            self._log_join(sub, 1)
             upto = self._position
         if last_id is None:
             return sub, Replay(start=upto)
@@ -385,7 +388,7 @@ class Broker:
                         del self._channels[channel]
             if removed:
                 self.connections -= 1
-                self.changes += 1
+                self._log_join(sub, -1)
                 self._delivered_by_closed += sub.delivered
                 if sub.client is not None:
                     held = self._per_client.pop(sub.client) - 1
@@ -592,9 +595,31 @@ class Broker:
             sub.queue.put_nowait(CLOSE)
         return len(matched)
 
-    def registrations(self) -> list[tuple[str, str | None]]:
-        """``(channel, subject)`` of every stream of every channel here (one per pair)."""
+    def _log_join(self, sub: Subscription, delta: int) -> None:
+        """Note an (un)registration for presence (caller holds the lock)."""
+        joins = self._joins
+        if joins is None:
+            return
+        if len(joins) > JOINS_KEPT:  # nobody reads them (no presence ticking): stop noting
+            self._joins = None
+            return
+        joins.extend(((channel, sub.subject), delta) for channel in sub.channels)
+
+    def registration_changes(self) -> list[tuple[tuple[str, str | None], int]] | None:
+        """``((channel, subject), +1 or -1)`` for every (un)registration since the last call.
+
+        What presence follows: its cost is the streams that came and went,
+        not the streams there are. None: too many went unread; read
+        :meth:`registrations` instead (and the log starts again).
+        """
         with self._lock:
+            joins, self._joins = self._joins, []
+        return joins
+
+    def registrations(self) -> list[tuple[str, str | None]]:
+        """``(channel, subject)`` of every stream of every channel here (one per stream)."""
+        with self._lock:
+            self._joins = []
             return [
                 (channel, sub.subject)
                 for channel, subs in self._channels.items() for sub in subs

@@ -39,7 +39,6 @@ class Presence:
         self.lease = lease
         #: This process's name in the shared presence.
         self.worker = secrets.token_hex(8)
-        self._seen_changes = -1
         self._current: Counter[Key] = Counter()
         #: Streams that ended within the grace: key -> when each one's grace ends.
         self._lingering: dict[Key, list[float]] = {}
@@ -80,22 +79,25 @@ class Presence:
         ended must linger from the moment it left the registry, never be
         missing until the next tick.
         """
-        changes = self.broker.changes  # read first: a change after it is seen next time
-        if changes != self._seen_changes:
-            self._seen_changes = changes
-            self._follow(Counter(self.broker.registrations()), now)
-
-    def _follow(self, current: Counter[Key], now: float) -> None:
-        for key, count in (self._current - current).items():  # left: linger
-            self._lingering.setdefault(key, []).extend([now + self.grace] * count)
-        for key, count in (current - self._current).items():  # joined: back in its place
-            ends = self._lingering.get(key)
-            if ends:
-                del ends[:count]
-                if not ends:
-                    del self._lingering[key]
-        self._current = current
-        self._dirty = True
+        changes = self.broker.registration_changes()
+        if changes is None:  # too many to follow one by one: start from the registry
+            current = Counter(self.broker.registrations())
+            changes = [*((key, -1) for key in (self._current - current).elements()),
+                       *((key, 1) for key in (current - self._current).elements())]
+        for key, delta in changes:
+            self._dirty = True
+            if delta > 0:
+                self._current[key] += 1
+                ends = self._lingering.get(key)
+                if ends:  # back within its grace: in its own place again
+                    del ends[0]
+                    if not ends:
+                        del self._lingering[key]
+            else:
+                self._current[key] -= 1
+                if self._current[key] <= 0:
+                    del self._current[key]
+                self._lingering.setdefault(key, []).append(now + self.grace)
 
     def snapshot(self) -> dict[str, str]:
         """This process's presence, per channel: ``[streams, [subjects]]`` as JSON."""

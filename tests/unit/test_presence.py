@@ -9,6 +9,7 @@ through a hub, across gunicorn workers: tests/integration/test_presence_and_disc
 from __future__ import annotations
 
 import json
+from collections import Counter
 from types import SimpleNamespace
 from typing import cast
 
@@ -48,19 +49,24 @@ class FakeBackend:
 
 
 class FakeBroker:
-    """The broker's registry: ``streams(...)`` replaces it (and counts a change)."""
+    """The broker's registry: ``streams(...)`` replaces it, logging who left and who came."""
 
     def __init__(self, backend: FakeBackend) -> None:
         self.backend = backend
-        self.changes = 0
-        self._streams: list[Key] = []
+        self._streams: Counter[Key] = Counter()
+        self._log: list[tuple[Key, int]] = []
 
-    def registrations(self) -> list[Key]:
-        return list(self._streams)
+    def registration_changes(self) -> list[tuple[Key, int]]:
+        log, self._log = self._log, []
+        return log
 
     def streams(self, *keys: Key) -> None:
-        self._streams = list(keys)
-        self.changes += 1
+        now = Counter(keys)
+        for key, count in (self._streams - now).items():
+            self._log += [(key, -1)] * count
+        for key, count in (now - self._streams).items():
+            self._log += [(key, 1)] * count
+        self._streams = now
 
 
 @pytest.fixture
