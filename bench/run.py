@@ -811,6 +811,56 @@ def render_plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+#: The README's performance table: (row title, scenario, metric, format), by peer.
+README_ROWS = [
+    ("fan-out, 1 000 streams, 1 000 events ASAP (deliveries/s)", "fanout-max",
+     "deliveries_per_s", "{:,.0f}"),
+    ("fan-out, 1 000 streams at 100 events/s: p99 latency (ms)", "fanout-100", "p99_ms", "{:,.0f}"),
+    ("10 000 streams: time to connect all (s)", "scale-10k", "connect_seconds", "{:.1f}"),
+    ("10 000 streams at 10 events/s: p99 latency (ms)", "scale-10k", "p99_ms", "{:,.0f}"),
+    ("idle memory per stream (KB, server RSS)", "idle-5k", "kb_per_stream", "{:.1f}"),
+    ("single `POST /publish` per second", "publish-single", "publish_requests_per_s", "{:,.0f}"),
+    ("events/s published in batches of 100", "publish-batch", "publish_events_per_s", "{:,.0f}"),
+    ("resume storm, 2 000 streams × 400-599 missed events (s)", "resume-storm",
+     "storm_resume_seconds", "{:.1f}"),
+    ("reconnect storm, 10 000 streams resuming at once (s)", "resume-storm-10k",
+     "storm_resume_seconds", "{:.1f}"),
+    ("… server CPU per resume (ms)", "resume-storm-10k", "storm_cpu_ms_per_resume", "{:.2f}"),
+]
+README_PEERS = ["go-reference", "flask-sse", "sse-starlette", "hub", "hub-redis-1w"]
+README_START, README_END = "<!-- bench:table -->", "<!-- /bench:table -->"
+
+
+def readme_table(data: dict[str, Any]) -> str:
+    """The README's table from a run: the peers side by side, medians, n/a where none ran."""
+    lines = ["| scenario | " + " | ".join(README_PEERS) + " |",
+             "|---|" + "---:|" * len(README_PEERS)]
+    for title, scenario, metric, shape in README_ROWS:
+        cells = data["results"].get(scenario, {})
+        shown = []
+        for peer in README_PEERS:
+            value = ((cells.get(peer) or {}).get("median") or {}).get(metric)
+            shown.append("n/a" if value is None else shape.format(value).replace(",", " "))
+        lines.append(f"| {title} | " + " | ".join(shown) + " |")
+    m = data["machine"]
+    lines += ["", f"`{m['command']}` on {m['date'][:10]}: {m['cpu_model']}, {m['cores']} cores, "
+              f"Python {m['python']}, hub commit {m['hub_commit']}; {m['pinning']}; medians of "
+              f"{data['runs']} runs. Full tables and a plot: `bench/results/results.md`, "
+              "`bench/results/results.png`."]
+    return "\n".join(lines)
+
+
+def update_readme(data: dict[str, Any], readme: Path) -> bool:
+    """Replace the table between the README's markers; False when it has none."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{readme_table(data)}\n{README_END}{tail}")
+    return True
+
+
 def write_report(data: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "results.md").write_text(render_markdown(data))
     try:
@@ -947,6 +997,8 @@ def main() -> None:
     if args.report:
         data = json.loads(args.report.read_text())
         write_report(data, args.report.parent)
+        if update_readme(data, ROOT / "README.md"):
+            log("README.md: performance table regenerated from the report")
         log(f"wrote {args.report.parent / 'results.md'} and results.png")
         return
 
@@ -1090,6 +1142,9 @@ def main() -> None:
                 cell["status"] = "failed: " + "; ".join(cell["warnings"])[:300]
             save()
     save()
+    complete = {s.name for s in FULL_SCENARIOS} <= set(data["results"]) and not args.quick
+    if complete and update_readme(data, ROOT / "README.md"):
+        log("README.md: performance table regenerated from this run")
     shown = [os.path.relpath(path, ROOT) for path in
              (json_path, out_dir / "results.md", out_dir / "results.png")]
     log(f"done in {(time.monotonic() - started) / 60:.1f} min: {', '.join(shown)}")

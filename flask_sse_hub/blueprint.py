@@ -23,6 +23,7 @@ from flask import (
     send_from_directory,
 )
 from flask.blueprints import BlueprintSetupState
+from werkzeug.wrappers import Request
 
 from . import ticker
 from .auth import CorsPolicy, TokenVerifier, check_operator, request_token
@@ -409,8 +410,8 @@ class SSEBlueprint(Blueprint):
 
     # -- the stream ---------------------------------------------------------
 
-    def _requested_channels(self, max_channels: int) -> list[str]:
-        names = request.args.getlist("channel") or ["default"]
+    def _requested_channels(self, req: Request, max_channels: int) -> list[str]:
+        names = req.args.getlist("channel") or ["default"]
         channels = list(dict.fromkeys(validate_channel(name) for name in names))
         if len(channels) > max_channels:
             raise TooManyChannels(
@@ -423,13 +424,25 @@ class SSEBlueprint(Blueprint):
         return response if cors is None else cors.apply(request, response)
 
     def _stream_view(self) -> Response:
-        hub = self.hub()
+        return self.open_stream(self.hub(), request)
+
+    @property
+    def plain(self) -> bool:
+        """No ``@authorize`` and no ``@identify``: a stream needs no Flask request context.
+
+        Then the standalone hub may open streams without Flask's dispatch
+        (:class:`flask_sse_hub.server.FastPath`).
+        """
+        return not self._authorizers and self._identify is None
+
+    def open_stream(self, hub: Hub, req: Request) -> Response:
+        """The answer to a subscribe request: the stream, or raise a ``HubError``."""
         config = hub.config
-        channels = self._requested_channels(config.max_channels)
+        channels = self._requested_channels(req, config.max_channels)
         expires_at = subject = None
         if hub.verifier is not None:
             # Checked before any replay: a resume gets only channels its token grants.
-            grants = hub.verifier.grants(request_token(request, config.jwt_cookie, query=True))
+            grants = hub.verifier.grants(request_token(req, config.jwt_cookie, query=True))
             grants.check_subscribe(channels)
             expires_at, subject = grants.expires_at, grants.subject
         for channel in channels:
@@ -441,28 +454,28 @@ class SSEBlueprint(Blueprint):
         # Stripped: not every server drops a header value's surrounding
         # whitespace (gunicorn 22 keeps it), and no id has any.
         last_id = (
-            request.headers.get("Last-Event-ID", "").strip(" \t")
-            or request.args.get("lastEventId")
-            or request.args.get("last_event_id")
+            req.headers.get("Last-Event-ID", "").strip(" \t")
+            or req.args.get("lastEventId")
+            or req.args.get("last_event_id")
             or None
         )
-        if request.method == "HEAD":
+        if req.method == "HEAD":
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
-        hub.check_server(request.environ, streaming=True)
+        hub.check_server(req.environ, streaming=True)
         if self._identify is not None:
             subject = self._identify()
         hub.start()
         try:
             sub, replay = hub.broker.subscribe(
-                channels, last_id, client=request.remote_addr,
+                channels, last_id, client=req.remote_addr,
                 max_per_client=config.max_connections_per_ip, subject=subject,
-                tagged=request.args.get("relay") == "1",
+                tagged=req.args.get("relay") == "1",
             )
         except AtCapacity as exc:
             hub.warnings.warn("capacity", "refusing a subscriber: %s", exc)
-            end_of_requests(stream_socket(request.environ))
+            end_of_requests(stream_socket(req.environ))
             return capacity_response(exc, config.retry_ms)
-        sock = stream_socket(request.environ)
+        sock = stream_socket(req.environ)
         if sock is not None:
             sub.abort = functools.partial(cut, sock)
             give_up_on_silence(sock, config.dead_client_seconds, config.heartbeat_seconds)

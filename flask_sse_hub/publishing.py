@@ -2,10 +2,8 @@
 
 Everything here takes the request as an argument (a Werkzeug ``Request``)
 instead of Flask's ``request`` global, so the same code serves the Flask
-route and :class:`PublishFastPath`, which answers ``POST /publish`` before
-Flask's dispatch: the request context, URL matching, hooks and response
-finalisation were about half of a single publish's time in a profile
-(210 µs in process, Flask's part about 100 µs).
+route and :class:`flask_sse_hub.server.FastPath`, which answers
+``POST /publish`` before Flask's dispatch.
 
 Three bodies are accepted (docs/protocol.md#publish):
 
@@ -24,7 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask import Response
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("flask_sse_hub")
 
 NDJSON = "application/x-ndjson"
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def publish_answer(hub: Hub, server: ServerConfig, req: Request) -> Response:
@@ -80,31 +77,6 @@ def refusal(hub: Hub, exc: HubError, req: Request, what: str) -> Response:
             f"refused {what} {exc.status}", "refused %s from %s: %s", what, req.remote_addr, exc,
         )
     return error_response(exc)
-
-
-class PublishFastPath:
-    """WSGI middleware: ``POST /publish`` answered without Flask's dispatch.
-
-    The same code as the Flask route (:func:`publish_answer`), with the
-    same CORS headers; every other request goes on to Flask.
-    """
-
-    def __init__(self, app: WSGIApp, hub: Hub, server: ServerConfig) -> None:
-        self.app = app
-        self.hub = hub
-        self.server = server
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") != "/publish" or environ.get("REQUEST_METHOD") != "POST":
-            return self.app(environ, start_response)
-        req = Request(environ)
-        try:
-            response = publish_answer(self.hub, self.server, req)
-        except HubError as exc:
-            response = refusal(self.hub, exc, req, "publish")
-        if self.hub.cors is not None:
-            self.hub.cors.apply(req, response)
-        return response(environ, start_response)
 
 
 # -- who is publishing ------------------------------------------------------------------

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Request
 
 from .api import sse
 from .auth import check_operator
@@ -23,9 +24,12 @@ from .blueprint import Hub
 from .config import ServerConfig, from_environ, set_defaults
 from .errors import HubError, RequestRefused
 from .metrics import Metrics
-from .publishing import PublishFastPath, check_publisher, publish_answer, read_json, refusal
+from .publishing import check_publisher, publish_answer, read_json, refusal
 
 log = logging.getLogger("flask_sse_hub")
+
+#: Where the standalone hub serves its streams.
+STREAM_PREFIX = "/stream"
 
 
 
@@ -39,7 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     _use_gunicorn_logging()
-    app.register_blueprint(sse, url_prefix="/stream")
+    app.register_blueprint(sse, url_prefix=STREAM_PREFIX)
     hub = sse.hub(app)
     set_defaults(app.config, "standalone")
     server = ServerConfig.from_mapping(app.config)
@@ -66,9 +70,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # headers from the blueprint too (applying a policy twice changes nothing).
         app.after_request(functools.partial(_with_cors, hub))
     app.register_blueprint(_routes(hub, server))
-    # POST /publish without Flask's dispatch (same code: publishing.py), inside
-    # ProxyFix so that it sees the client's address as the routes do.
-    app.wsgi_app = PublishFastPath(app.wsgi_app, hub, server)  # type: ignore[method-assign]
+    # Inside ProxyFix, so that it sees the client's address as the routes do.
+    app.wsgi_app = FastPath(app.wsgi_app, hub, server)  # type: ignore[method-assign]
     if server.proxy_hops:
         # Behind that many reverse proxies: the client's address (per-IP
         # limit, logs), scheme, host and path prefix come from X-Forwarded-*.
@@ -77,6 +80,49 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops,
         )
     return app
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class FastPath:
+    """WSGI middleware: ``POST /publish`` and ``GET /stream`` without Flask's dispatch.
+
+    Flask's request context, URL matching, hooks and response finalisation
+    were about half of a single publish's time and a quarter of a new
+    stream's in profiles of the worker (py-spy, under load). These two
+    requests run the very code of their routes (``publish_answer``,
+    ``SSEBlueprint.open_stream``), which takes the request as an argument,
+    with the same CORS headers and refusals; everything else, and a stream
+    when the blueprint has ``@authorize`` or ``@identify`` functions (they
+    expect Flask's request context), goes on to Flask.
+    """
+
+    def __init__(self, app: WSGIApp, hub: Hub, server: ServerConfig) -> None:
+        self.app = app
+        self.hub = hub
+        self.server = server
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
+        if path == "/publish" and method == "POST":
+            what = "publish"
+        elif path == STREAM_PREFIX and method in ("GET", "HEAD") and sse.plain:
+            what = STREAM_PREFIX
+        else:
+            return self.app(environ, start_response)
+        # Not kept in the environ (populate_request): a stream holds that for its life.
+        req = Request(environ, populate_request=False)
+        try:
+            if what == "publish":
+                response = publish_answer(self.hub, self.server, req)
+            else:
+                response = sse.open_stream(self.hub, req)
+        except HubError as exc:
+            response = refusal(self.hub, exc, req, what)
+        if self.hub.cors is not None:
+            self.hub.cors.apply(req, response)
+        return response(environ, start_response)
 
 
 def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
