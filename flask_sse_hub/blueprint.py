@@ -19,8 +19,10 @@ from flask import (
     current_app,
     has_request_context,
     jsonify,
+    render_template,
     request,
     send_from_directory,
+    url_for,
 )
 from flask.blueprints import BlueprintSetupState
 from werkzeug.wrappers import Request
@@ -63,6 +65,9 @@ from .wire import (
 )
 
 log = logging.getLogger("flask_sse_hub")
+
+#: The package's static files (the demo page's, and sse-hub.js).
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 EXTENSION_KEY = "sse_hub"
 STREAM_HEADERS = {
@@ -235,10 +240,6 @@ def _client_script() -> Response:
     return send_from_directory(STATIC_DIR, "sse-hub.js", max_age=3600)
 
 
-#: The package's static files (the demo page's, and sse-hub.js).
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-
 def default_capacity(connection_limit: int | None = None) -> int:
     """90 % of what this process can hold: its descriptors, or the server's connection limit.
 
@@ -294,6 +295,10 @@ class SSEBlueprint(Blueprint):
         self, name: str = "sse", import_name: str = __name__, *,
         url_prefix: str | None = "/stream", **kwargs: Any,
     ) -> None:
+        # The demo page's files (and sse-hub.js) at <prefix>/static/, for demo_view.
+        kwargs.setdefault("static_folder", str(STATIC_DIR))
+        kwargs.setdefault("static_url_path", "/static")
+        kwargs.setdefault("template_folder", str(STATIC_DIR.parent / "templates"))
         super().__init__(name, import_name, url_prefix=url_prefix, **kwargs)
         self._authorizers: list[Callable[[str], bool]] = []
         self._identify: Callable[[], str | None] | None = None
@@ -375,6 +380,26 @@ class SSEBlueprint(Blueprint):
         hub.start()
         body, content_type = exposition()
         return Response(body, content_type=content_type)
+
+    def demo_view(self) -> str:
+        """The demo page, to mount in a library app: its streams, presence, events live.
+
+        ``app.add_url_rule("/sse-demo", view_func=sse.demo_view)``. It
+        subscribes to this blueprint's stream and, when mounted, polls
+        :meth:`presence_view`; publishing, the counters and ending streams
+        are the standalone hub's and are left out (the app publishes itself).
+        """
+        hub = self.hub()
+        static = url_for(f"{self.name}.static", filename="x")[:-1]
+        presence = next(
+            (url_for(endpoint) for endpoint, view in current_app.view_functions.items()
+             if view == self.presence_view), None,
+        )
+        urls = {"static": static, "stream": url_for(f"{self.name}.stream"), "publish": None,
+                "stats": None, "presence": presence, "disconnect": None}
+        return render_template(
+            "sse-hub-demo.html", urls=urls, token_required=hub.verifier is not None,
+        )
 
     def presence_view(self) -> Response:
         """``GET ?channel=X`` view of a channel's presence, to mount in a library app.

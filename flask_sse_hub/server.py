@@ -30,6 +30,11 @@ log = logging.getLogger("flask_sse_hub")
 
 #: Where the standalone hub serves its streams.
 STREAM_PREFIX = "/stream"
+#: The demo page's URLs, relative to it (it is the hub's root): it works behind a prefix.
+DEMO_URLS = {
+    "static": "static/", "stream": STREAM_PREFIX.lstrip("/"), "publish": "publish",
+    "stats": "stats", "presence": "presence", "disconnect": "disconnect",
+}
 
 
 
@@ -136,7 +141,7 @@ def _routes(hub: Hub, server: ServerConfig) -> Blueprint:
     @routes.get("/")
     def demo() -> str:
         return render_template(
-            "index.html",
+            "sse-hub-demo.html", urls=DEMO_URLS,
             token_required=server.publish_token is not None or hub.verifier is not None,
         )
 

@@ -14,6 +14,12 @@
   const MAX_ROWS = 500;
   const STATS_EVERY_MS = 2000;
   const numbers = new Intl.NumberFormat("en-US");
+  // Where everything is (the template's data-urls); null: not served here, hidden.
+  const URLS = Object.assign(
+    { static: "static/", stream: "stream", publish: "publish", stats: "stats",
+      presence: "presence", disconnect: "disconnect" },
+    JSON.parse(document.body.dataset.urls || "{}"),
+  );
 
   let source = null; // the current SSEHubSource
   let channels = []; // its channels
@@ -81,7 +87,7 @@
   // sse-hub.js, next to this script; should it not load, a plain EventSource.
   const clientLoaded = new Promise((resolve) => {
     const script = document.createElement("script");
-    script.src = "static/sse-hub.js";
+    script.src = URLS.static + "sse-hub.js";
     script.onload = script.onerror = () => resolve();
     document.head.append(script);
   });
@@ -103,7 +109,7 @@
     const params = new URLSearchParams();
     for (const channel of channels) params.append("channel", channel);
     if (withToken && token()) params.set("token", token());
-    return "stream?" + params.toString();
+    return URLS.stream + "?" + params.toString();
   }
 
   function connect() {
@@ -246,7 +252,7 @@
   }
 
   function updateCurlExample() {
-    const lines = [`curl -X POST '${new URL("publish", location.href).href}'`];
+    const lines = [`curl -X POST '${new URL(URLS.publish, location.href).href}'`];
     lines.push("  -H 'Content-Type: application/json'");
     if (token() || document.body.dataset.tokenRequired === "true") {
       lines.push("  -H \"Authorization: Bearer $TOKEN\"");
@@ -291,7 +297,7 @@
     button.disabled = true;
     showResult("pending", "publishing…");
     try {
-      const answer = await fetch("publish", { method: "POST", headers, body: JSON.stringify(body) });
+      const answer = await fetch(URLS.publish, { method: "POST", headers, body: JSON.stringify(body) });
       const json = await answer.json().catch(() => ({}));
       if (answer.ok) {
         const elsewhere = channels.includes(channel) ? "" : " (not a subscribed channel: it will not show here)";
@@ -361,7 +367,12 @@
     const status = $("stats-updated");
     try {
       if (document.hidden) return;
-      const answer = await fetch("stats", { cache: "no-store" });
+      if (!URLS.stats) {
+        await refreshPresence();
+        status.textContent = `updated ${clock(new Date())}`;
+        return;
+      }
+      const answer = await fetch(URLS.stats, { cache: "no-store" });
       if (!answer.ok) throw new Error(`${answer.status} ${answer.statusText}`);
       const stats = await answer.json();
       if (round !== statsRound) return; // a newer round is under way
@@ -390,9 +401,10 @@
   // -- presence and ending streams -------------------------------------------------
 
   async function refreshPresence() {
+    if (!URLS.presence) return;
     const items = [];
     for (const channel of channels.slice(0, 8)) {
-      const answer = await fetch(`presence?channel=${encodeURIComponent(channel)}`, { cache: "no-store" });
+      const answer = await fetch(`${URLS.presence}?channel=${encodeURIComponent(channel)}`, { cache: "no-store" });
       if (!answer.ok) continue; // e.g. 403 away from loopback without SSE_STATS_TOKEN
       const found = await answer.json();
       const who = found.subjects.length ? `: ${found.subjects.join(", ")}` : "";
@@ -410,7 +422,7 @@
     if (token) headers.Authorization = `Bearer ${token}`;
     const ended = [];
     for (const channel of channels) {
-      const answer = await fetch("disconnect", { method: "POST", headers, body: JSON.stringify({ channel }) });
+      const answer = await fetch(URLS.disconnect, { method: "POST", headers, body: JSON.stringify({ channel }) });
       if (!answer.ok) {
         const reason = (await answer.json().catch(() => ({}))).error || answer.statusText;
         $("end-result").textContent = `refused (${answer.status}): ${reason}`;
@@ -438,6 +450,16 @@
   $("clear").addEventListener("click", clearEvents);
   $("end-streams").addEventListener("click", endStreams);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshStats(); });
+
+  // What this page's server does not serve (a library app mounts only some of it).
+  if (!URLS.publish) $("publish-form").closest("section").hidden = true;
+  if (!URLS.disconnect) $("end-streams").closest("p").hidden = true;
+  if (!URLS.presence) $("presence").hidden = $("presence-title").hidden = true;
+  if (!URLS.stats && !URLS.presence) $("stats-panel").hidden = true;
+  if (!URLS.stats) $("channel-stats").closest("table").hidden = true;
+  for (const id of ["subscribers", "published", "delivered", "dropped", "replays", "gaps"]) {
+    if (!URLS.stats) $(id).closest("div").hidden = true;
+  }
 
   readPageQuery();
   loadToken();

@@ -300,7 +300,7 @@ def test_readme_from_pypi_commands_run_as_written(
 def test_the_wheel_holds_what_a_pip_user_needs(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     for name in ("flask_sse_hub/gunicorn_config.py", "flask_sse_hub/__main__.py",
-                 "flask_sse_hub/py.typed", "flask_sse_hub/templates/index.html",
+                 "flask_sse_hub/py.typed", "flask_sse_hub/templates/sse-hub-demo.html",
                  "flask_sse_hub/static/demo.js", "flask_sse_hub/static/demo.css",
                  "flask_sse_hub/backends/redis.py"):
         assert name in names, f"{name} is not in {installed.wheel.name}"

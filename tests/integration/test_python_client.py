@@ -14,6 +14,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,39 @@ def test_every_event_arrives_once_in_order_while_the_hub_keeps_ending_streams(
     check_exactly_once_in_order(reader.events, ids)
     assert reader.listener.reconnects >= 2, "the hub never ended a stream: nothing was tested"
     assert not any(event.is_gap for event in reader.events)
+
+
+class StalledCollector(Collector):
+    """A collector whose reader stops after the first event until released."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.release = threading.Event()
+        super().__init__(listener)
+
+    def _read(self) -> None:
+        for event in self.listener:
+            self.events.append(event)
+            if len(self.events) == 1:
+                self.release.wait(30)  # meanwhile its socket's buffers fill up
+
+
+def test_a_listener_dropped_as_slow_resumes_and_misses_nothing(start_hub: HubLauncher) -> None:
+    hub = start_hub(SSE_QUEUE_SIZE=8, SSE_HISTORY_SIZE=5000, SSE_RETRY_MS=100,
+                    SSE_MAX_PUBLISH_BYTES=20_000_000)
+    reader = StalledCollector(listen(stream_url(hub), channels=["a"]))
+    hub.wait_subscribers("a", 1)
+    ids = [hub.publish({"n": 0}, channel="a")]
+    reader.wait_for(lambda got: len(got) == 1, "the first event")
+    # 300 events of 30 KB while it does not read: far more than the socket buffers.
+    ids += hub.publish_batch([{"channel": "a", "data": {"n": n, "pad": "x" * 30_000}}
+                              for n in range(1, 301)])
+    wait_until(lambda: hub.stats()["subscribers_dropped_slow"], lambda n: n >= 1, timeout=20,
+               what="the stalled listener dropped as slow")
+    reader.release.set()
+    reader.wait_for(lambda got: len(got) >= len(ids), f"{len(ids)} events")
+    reader.stop()
+    check_exactly_once_in_order(reader.events, ids)
+    assert reader.listener.reconnects >= 1
 
 
 def test_a_restarted_memory_hub_is_a_gap_then_events_flow_again(start_hub: HubLauncher) -> None:

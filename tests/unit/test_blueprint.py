@@ -15,7 +15,9 @@ wait is bounded.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -339,3 +341,31 @@ def test_garbage_resume_id_with_non_ascii_digits_is_a_gap_not_a_500(
         assert OpenStream(response).read(1)[0].type == "sse-hub-gap"
     finally:
         response.close()
+
+
+def test_the_demo_page_mounts_in_a_library_app_with_the_blueprints_urls(
+    make_app: Callable[..., Flask],
+) -> None:
+    sse = SSEBlueprint("sse", __name__)
+    app = make_app(sse, url_prefix="/events")
+    app.add_url_rule("/sse-demo", view_func=sse.demo_view)
+    client = app.test_client()
+    urls = demo_urls(client.get("/sse-demo"))
+    assert urls == {"static": "/events/static/", "stream": "/events", "publish": None,
+                    "stats": None, "presence": None, "disconnect": None}
+    for name in ("demo.js", "demo.css", "sse-hub.js"):
+        assert client.get(urls["static"] + name).status_code == 200, name
+    other = SSEBlueprint("sse", __name__)
+    with_presence = make_app(other)
+    with_presence.add_url_rule("/sse-demo", view_func=other.demo_view)
+    with_presence.add_url_rule("/who", view_func=other.presence_view)
+    assert demo_urls(with_presence.test_client().get("/sse-demo"))["presence"] == "/who"
+
+
+def demo_urls(page: Any) -> dict[str, Any]:
+    """The URLs the demo page was rendered with (its ``data-urls``)."""
+    assert page.status_code == 200
+    found = re.search(r"data-urls='([^']*)'", page.get_data(as_text=True))
+    assert found, "no data-urls on the page"
+    urls: dict[str, Any] = json.loads(found[1])
+    return urls

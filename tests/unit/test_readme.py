@@ -153,6 +153,9 @@ KINDS: dict[str, tuple[Callable[[Block], bool], str]] = {
     "metrics view": (
         lambda b: b.lang == "python" and "sse.metrics_view" in b.text,
         "test_operations_blocks_run_against_an_app"),
+    "demo view": (
+        lambda b: b.lang == "python" and "sse.demo_view" in b.text,
+        "test_operations_blocks_run_against_an_app"),
     "presence calls": (
         lambda b: b.lang == "python" and "hub.occupancy(" in b.text,
         "test_operations_blocks_run_against_an_app"),
@@ -445,12 +448,16 @@ def test_operations_blocks_run_against_an_app(make_app: Callable[..., Flask]) ->
     app = make_app(sse)
     namespace: dict[str, Any] = {"app": app, "sse": sse, "flask_sse_hub": flask_sse_hub}
     with app.app_context():
-        for kind in ("metrics view", "presence calls", "identify", "disconnect calls"):
+        for kind in ("metrics view", "demo view", "presence calls", "identify",
+                     "disconnect calls"):
             block = readme_block(kind)
             namespace["hub"] = flask_sse_hub.hubs(app)["sse"]
             exec(compile(block.text, block.source, "exec"), namespace)
-    metrics = app.test_client().get("/metrics")
+    client = app.test_client()
+    metrics = client.get("/metrics")
     assert metrics.status_code == 200 and b"sse_hub_streams" in metrics.data
+    demo = client.get("/sse-demo").get_data(as_text=True)
+    assert '"presence": "/sse-presence"' in demo  # the page found the mounted view
     assert namespace["who"].__name__ == "who"  # registered by @sse.identify
 
 
