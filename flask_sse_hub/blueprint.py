@@ -38,7 +38,6 @@ from .errors import (
     Forbidden,
     HubError,
     InvalidChannel,
-    InvalidData,
     TooManyChannels,
     WrongServer,
 )
@@ -62,6 +61,7 @@ from .wire import (
     events_from_items,
     make_event,
     validate_channel,
+    validate_subject,
 )
 
 log = logging.getLogger("flask_sse_hub")
@@ -216,8 +216,8 @@ class Hub:
         """
         if channel is not None:
             validate_channel(channel)
-        if subject is not None and (not isinstance(subject, str) or not 0 < len(subject) <= 256):
-            raise InvalidData(f"subject must be a string of 1-256 characters, got {subject!r}")
+        if subject is not None:
+            validate_subject(subject)
         self.publish_events([control_event(disconnect={"channel": channel, "subject": subject})])
 
     def publish_many(self, items: Iterable[Mapping[str, Any]]) -> list[str]:

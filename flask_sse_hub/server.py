@@ -25,6 +25,7 @@ from .config import ServerConfig, from_environ, set_defaults
 from .errors import HubError, RequestRefused
 from .metrics import Metrics
 from .publishing import check_publisher, publish_answer, read_json, refusal
+from .wire import validate_channel, validate_subject
 
 log = logging.getLogger("flask_sse_hub")
 
@@ -187,7 +188,9 @@ def _parse_disconnect_body(server: ServerConfig) -> tuple[str | None, str | None
     channel, subject = body.get("channel"), body.get("subject")
     if channel is None and subject is None:
         raise RequestRefused(400, "name a channel, a subject or both: nothing would end")
-    return channel, subject
+    # Checked here, before the token's grants are matched against them.
+    return (None if channel is None else validate_channel(channel),
+            None if subject is None else validate_subject(subject))
 
 
 def _with_cors(hub: Hub, response: Response) -> Response:

@@ -69,6 +69,13 @@ def validate_channel(name: object) -> str:
     return name
 
 
+def validate_subject(subject: object) -> str:
+    """Return ``subject`` if it may name a stream (presence, disconnect); else InvalidData."""
+    if not isinstance(subject, str) or not 0 < len(subject) <= 256:
+        raise InvalidData(f"subject must be a string of 1-256 characters, got {_preview(subject)}")
+    return subject
+
+
 def validate_event_type(event: object) -> str:
     """Return ``event`` if it may be sent as an ``event:`` field; else raise InvalidEventType."""
     if not isinstance(event, str):

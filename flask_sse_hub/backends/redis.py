@@ -765,10 +765,11 @@ class RedisBackend(Backend):
             # Redis stamped the id with its clock (ms): the publish time, for the lag metric.
             at = int(event_id.partition("-")[0]) / 1000
             run.append(Published(event_id, channel, frame(event_id, body), at))
-            self.broadcaster_lag = max(0.0, time.time() - at)
             self._last_id = event_id
             if n is not None:
                 self._last_n = n
+        if run:  # one clock read per batch: the lag of its newest entry
+            self.broadcaster_lag = max(0.0, time.time() - run[-1].at)
         flush()
 
     def _hole(self, sink: Sink, position: str) -> None:

@@ -178,6 +178,11 @@ def test_events_published_before_the_disconnect_arrive_before_it(hub: HubServer)
     pytest.param({"channel": "d-g", "extra": 1}, ["*"], 400, id="unknown-field"),
     pytest.param({"channel": "d-g"}, ["d-other"], 403, id="channel-not-granted"),
     pytest.param({"subject": "kim"}, ["d-g"], 403, id="subject-needs-every-channel"),
+    pytest.param({"channel": 123}, ["*"], 400, id="channel-not-a-string"),
+    pytest.param({"channel": ["d-g"]}, ["*"], 400, id="channel-a-list"),
+    pytest.param({"channel": "bad name"}, ["*"], 400, id="bad-channel-name"),
+    pytest.param({"subject": {"id": 1}}, ["*"], 400, id="subject-not-a-string"),
+    pytest.param({"subject": "k" * 257}, ["*"], 400, id="subject-too-long"),
 ])
 def test_a_refused_disconnect_ends_nothing(
     hub: HubServer, body: dict[str, Any], grant: list[str], status: int,

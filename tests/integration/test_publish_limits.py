@@ -484,6 +484,36 @@ def test_stats_with_SSE_STATS_TOKEN(
         assert_json_error(status, answer_headers, body, expected)
 
 
+#: The other operator routes, and a byte string each one's answer carries.
+OPERATOR_ROUTES = {"/metrics": b"sse_hub_streams", "/presence?channel=a": b'"occupancy"'}
+
+
+@pytest.mark.parametrize("path", OPERATOR_ROUTES)
+def test_metrics_and_presence_for_loopback_and_not_for_relayed_clients(
+    open_hub: HubServer, path: str,
+) -> None:
+    status, _, body = open_hub.request("GET", path)
+    assert status == 200 and OPERATOR_ROUTES[path] in body, body[:200]
+    status, headers, body = open_hub.request("GET", path, headers=RELAYED)
+    assert_json_error(status, headers, body, 403)
+
+
+@pytest.mark.parametrize("path", OPERATOR_ROUTES)
+@pytest.mark.parametrize(("headers", "expected"), [
+    (RELAYED, 401),
+    ({**RELAYED, "Authorization": "Bearer wrong"}, 401),
+    ({**RELAYED, "Authorization": "Bearer s3cret"}, 200),
+])
+def test_metrics_and_presence_with_SSE_STATS_TOKEN(
+    stats_token_hub: HubServer, path: str, headers: dict[str, str], expected: int,
+) -> None:
+    status, answer_headers, body = stats_token_hub.request("GET", path, headers=headers)
+    if expected == 200:
+        assert status == 200 and OPERATOR_ROUTES[path] in body, body[:200]
+    else:
+        assert_json_error(status, answer_headers, body, expected)
+
+
 def test_refusals_leave_the_hub_serving(open_hub: HubServer) -> None:
     stream = open_hub.subscribe("after")
     event_id = open_hub.publish("still serving", channel="after")
