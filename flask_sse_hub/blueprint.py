@@ -38,6 +38,7 @@ from .errors import (
     Forbidden,
     HubError,
     InvalidChannel,
+    InvalidData,
     TooManyChannels,
     WrongServer,
 )
@@ -451,6 +452,17 @@ class SSEBlueprint(Blueprint):
     def _stream_view(self) -> Response:
         return self.open_stream(self.hub(), request)
 
+    def _identified(self) -> str | None:
+        """What ``@identify`` names this request's stream; a wrong answer is the app's bug (500)."""
+        assert self._identify is not None
+        subject = self._identify()
+        if subject is not None:
+            try:
+                validate_subject(subject)
+            except InvalidData as exc:
+                raise TypeError(f"@{self.name}.identify ({self._identify.__qualname__}): {exc}") from None
+        return subject
+
     @property
     def plain(self) -> bool:
         """No ``@authorize`` and no ``@identify``: a stream needs no Flask request context.
@@ -488,7 +500,7 @@ class SSEBlueprint(Blueprint):
             return Response(mimetype="text/event-stream", headers=STREAM_HEADERS)
         hub.check_server(req.environ, streaming=True)
         if self._identify is not None:
-            subject = self._identify()
+            subject = self._identified()
         hub.start()
         try:
             sub, replay = hub.broker.subscribe(

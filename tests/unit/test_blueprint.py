@@ -245,6 +245,21 @@ def test_every_authorizer_must_allow(make_app: Callable[..., Flask]) -> None:
     open_stream(app, "?channel=a").close()
 
 
+@pytest.mark.parametrize("answer", [42, "", "x" * 257])
+def test_an_identify_function_naming_a_stream_wrongly_is_the_apps_error_not_a_stream(
+    make_app: Callable[..., Flask], answer: object,
+) -> None:
+    bp = SSEBlueprint("sse", __name__)
+    bp.identify(lambda: answer)
+    app = make_app(bp)
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(TypeError, match=r"@sse\.identify .*subject must be a string"):
+        app.test_client().get("/stream?channel=a")
+    assert subscribers(app) == 0
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    assert app.test_client().get("/stream?channel=a").status_code == 500
+
+
 # -- resume -----------------------------------------------------------------------------
 
 
