@@ -460,7 +460,8 @@ class SSEBlueprint(Blueprint):
             try:
                 validate_subject(subject)
             except InvalidData as exc:
-                raise TypeError(f"@{self.name}.identify ({self._identify.__qualname__}): {exc}") from None
+                name = self._identify.__qualname__
+                raise TypeError(f"@{self.name}.identify ({name}): {exc}") from None
         return subject
 
     @property
