@@ -50,6 +50,7 @@ from .sockets import (
     end_of_requests,
     gevent_patched,
     give_up_on_silence,
+    send_at_once,
     stream_socket,
 )
 from .stream import Stream
@@ -515,6 +516,7 @@ class SSEBlueprint(Blueprint):
             return capacity_response(exc, config.retry_ms)
         sock = stream_socket(req.environ)
         if sock is not None:
+            send_at_once(sock)
             sub.abort = functools.partial(cut, sock)
             give_up_on_silence(sock, config.dead_client_seconds, config.heartbeat_seconds)
         response = Response(

@@ -47,6 +47,16 @@ NDJSON = "application/x-ndjson"
 
 def publish_answer(hub: Hub, server: ServerConfig, req: Request) -> Response:
     """Check, read, publish; the 202 answer (or raise a ``HubError``)."""
+    answer = published(hub, server, req)
+    return answer if isinstance(answer, Response) else accepted(answer)
+
+
+def published(hub: Hub, server: ServerConfig, req: Request) -> bytes | Response:
+    """Check, read, publish: the body of the 202 answer, or a streaming publish's answer.
+
+    The body alone, so that the standalone hub's lean path can send it without
+    building a Werkzeug response (a sixth of a single publish's time).
+    """
     hub.check_server(req.environ)
     # Credentials first: nobody without them gets the hub to read a body.
     grants = check_publisher(hub, server.publish_token, req)
@@ -66,8 +76,12 @@ def publish_answer(hub: Hub, server: ServerConfig, req: Request) -> Response:
         fingerprint = hashlib.sha256(req.get_data(cache=True)).hexdigest()
         idempotency = Idempotency(key, fingerprint, server.idempotency_seconds)
     ids = hub.publish_events(events, idempotency)
-    answer = json.dumps({"ids": ids} if batch else {"id": ids[0]})
-    return Response(answer, status=202, mimetype="application/json")
+    return json.dumps({"ids": ids} if batch else {"id": ids[0]}).encode()
+
+
+def accepted(body: bytes) -> Response:
+    """The 202 answer of a publish."""
+    return Response(body, status=202, mimetype="application/json")
 
 
 def refusal(hub: Hub, exc: HubError, req: Request, what: str) -> Response:

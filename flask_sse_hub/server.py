@@ -24,7 +24,15 @@ from .blueprint import Hub
 from .config import ServerConfig, from_environ, set_defaults
 from .errors import HubError, RequestRefused
 from .metrics import Metrics
-from .publishing import check_publisher, publish_answer, read_json, refusal
+from .publishing import (
+    accepted,
+    check_publisher,
+    publish_answer,
+    published,
+    read_json,
+    refusal,
+)
+from .sockets import send_at_once, stream_socket
 from .wire import validate_channel, validate_subject
 
 log = logging.getLogger("flask_sse_hub")
@@ -113,6 +121,7 @@ class FastPath:
         path, method = environ.get("PATH_INFO"), environ.get("REQUEST_METHOD")
         if path == "/publish" and method == "POST":
             what = "publish"
+            send_at_once(stream_socket(environ))
         elif path == STREAM_PREFIX and method in ("GET", "HEAD") and sse.plain:
             what = STREAM_PREFIX
         else:
@@ -121,7 +130,16 @@ class FastPath:
         req = Request(environ, populate_request=False)
         try:
             if what == "publish":
-                response = publish_answer(self.hub, self.server, req)
+                answer = published(self.hub, self.server, req)
+                if isinstance(answer, bytes):
+                    if self.hub.cors is None:
+                        start_response("202 ACCEPTED", [
+                            ("Content-Type", "application/json"),
+                            ("Content-Length", str(len(answer))),
+                        ])
+                        return [answer]
+                    answer = accepted(answer)
+                response = answer
             else:
                 response = sse.open_stream(self.hub, req)
         except HubError as exc:

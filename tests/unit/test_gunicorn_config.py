@@ -9,6 +9,7 @@ attributes gunicorn's worker has (``cfg``, ``log``, ``wsgi``) and nothing else.
 from __future__ import annotations
 
 import errno
+import gc
 import importlib.util
 import logging
 import resource
@@ -122,11 +123,14 @@ class Worker:
 def worker_for() -> Iterator[Callable[..., Worker]]:
     """``worker_for(wsgi, workers=n)``; the SIGTERM handler and log filters restored after."""
     previous = signal.getsignal(signal.SIGTERM)
+    thresholds = gc.get_threshold()
     error_log = logging.getLogger("tests.gunicorn.error")
     try:
         yield lambda wsgi, **cfg: Worker(wsgi, Cfg(**cfg), Log(error_log))
     finally:
         signal.signal(signal.SIGTERM, previous)
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
         for log_filter in list(error_log.filters):
             error_log.removeFilter(log_filter)
 
@@ -173,6 +177,38 @@ def test_an_app_that_is_not_flask_is_left_alone(worker_for: Callable[..., Worker
     worker = worker_for(lambda environ, start_response: [], workers=2)
     gunicorn_config.post_worker_init(worker)
     assert worker.log.errors == []
+
+
+def test_the_worker_collects_rarely_and_never_scans_the_app_as_loaded(
+    worker_for: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SSE_GC_THRESHOLD", raising=False)
+    gc.unfreeze()
+    gunicorn_config.post_worker_init(worker_for(lambda environ, start_response: [], workers=1))
+    assert gc.get_threshold() == gunicorn_config.GC_THRESHOLDS
+    assert gc.get_freeze_count() > 1000
+
+
+@pytest.mark.parametrize("given", ["700,10,10", " 9000, 5 ,7"])
+def test_sse_gc_threshold_sets_other_thresholds(
+    worker_for: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch, given: str,
+) -> None:
+    monkeypatch.setenv("SSE_GC_THRESHOLD", given)
+    gunicorn_config.post_worker_init(worker_for(lambda environ, start_response: [], workers=1))
+    assert gc.get_threshold() == tuple(int(part) for part in given.split(","))
+
+
+@pytest.mark.parametrize("given", ["many", "700,10", "700,10,10,10", "0,10,10", "-1,5,5"])
+def test_a_wrong_sse_gc_threshold_refuses_to_boot(
+    worker_for: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch, given: str,
+) -> None:
+    monkeypatch.setenv("SSE_GC_THRESHOLD", given)
+    worker = worker_for(lambda environ, start_response: [], workers=1)
+    with pytest.raises(SystemExit) as exited:
+        gunicorn_config.post_worker_init(worker)
+    assert exited.value.code == 3
+    (message,) = worker.log.errors
+    assert "SSE_GC_THRESHOLD must be three positive integers" in message and repr(given) in message
 
 
 # -- the log filter for clients that are gone ---------------------------------------------

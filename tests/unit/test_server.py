@@ -309,3 +309,41 @@ def test_the_memory_backend_in_a_multi_process_server_answers_500_naming_redis(
         assert answer.status_code == 500
         assert "SSE_REDIS_URL" in answer.get_json()["error"]
     assert client.post("/publish", json={"data": 1}).status_code == 202  # one process: fine
+
+
+def test_streams_and_publishes_leave_no_reference_cycles(make_app: Callable[..., Flask]) -> None:
+    """What the worker's rare collections (gunicorn_config._tune_gc) rely on.
+
+    Raw WSGI calls, as a server makes them (the test client makes cycles of its own).
+    """
+    import gc
+
+    from werkzeug.test import EnvironBuilder
+
+    app = make_app(standalone=True)
+
+    def call(**request: Any) -> Any:
+        environ = EnvironBuilder(**request).get_environ()
+        environ["REMOTE_ADDR"] = "127.0.0.1"
+        return app(environ, lambda status, headers, exc_info=None: None)
+
+    def streams_and_publishes() -> None:
+        streams = [call(path="/stream", query_string="channel=c") for _ in range(20)]
+        chunks = [iter(stream) for stream in streams]
+        for chunk in chunks:
+            next(chunk)  # the stream's opening
+        for n in range(20):
+            body = {"channel": "c", "data": n}
+            assert b'"id"' in b"".join(call(method="POST", path="/publish", json=body))
+        for stream, chunk in zip(streams, chunks):
+            assert b"data:" in next(chunk)
+            stream.close()
+
+    streams_and_publishes()  # first calls fill caches, which are not garbage
+    gc.collect()
+    gc.disable()
+    try:
+        streams_and_publishes()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

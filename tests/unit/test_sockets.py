@@ -17,6 +17,7 @@ from flask_sse_hub.sockets import (
     cut,
     end_of_requests,
     give_up_on_silence,
+    send_at_once,
     stream_socket,
 )
 from tests.support.threads import run_in_thread
@@ -162,3 +163,41 @@ def test_give_up_on_silence_leaves_a_unix_socket_alone(
     ours, _ = pair
     give_up_on_silence(ours, seconds=60, heartbeat=15)
     assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
+def test_send_at_once_delivers_every_byte_in_order_through_partial_sends() -> None:
+    """A write larger than the socket takes at once: the rest goes out as the reader drains it."""
+    import gevent
+    import gevent.socket
+
+    ours, theirs = gevent.socket.socketpair()
+    try:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        send_at_once(ours)
+        assert type(ours).__name__ == "StreamSocket"
+        assert isinstance(ours, gevent.socket.socket)
+        payload = bytes(range(256)) * 8192  # 2 MiB: many times the send buffer
+        writer = gevent.spawn(ours.sendall, payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = theirs.recv(65536)
+            assert chunk, "the writer closed early"
+            got += chunk
+        writer.get(timeout=WAIT)
+        assert bytes(got) == payload
+        ours.sendall(b"")  # nothing to send is no send (gevent's rule too)
+        ours.sendall(b"tail")
+        assert theirs.recv(16) == b"tail"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_send_at_once_leaves_other_sockets_as_they_are(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, _ = pair
+    kind = type(ours)
+    send_at_once(ours)
+    send_at_once(None)
+    assert type(ours) is kind
