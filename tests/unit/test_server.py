@@ -335,7 +335,7 @@ def test_streams_and_publishes_leave_no_reference_cycles(make_app: Callable[...,
         for n in range(20):
             body = {"channel": "c", "data": n}
             assert b'"id"' in b"".join(call(method="POST", path="/publish", json=body))
-        for stream, chunk in zip(streams, chunks):
+        for stream, chunk in zip(streams, chunks, strict=True):
             assert b"data:" in next(chunk)
             stream.close()
 
