@@ -31,12 +31,20 @@ from typing import Any
 
 log = logging.getLogger("flask_sse_hub")
 
-try:  # the C poll, even under gevent's patching: a zero timeout never blocks
+try:  # the C pollers, even under gevent's patching: a zero timeout never blocks
     from gevent.monkey import get_original
 
     _poll: Callable[[], Any] = get_original("select", "poll")
+    # epoll (Linux): a sweep costs what is ready, not what is watched (poll's
+    # was 5 % of a worker's CPU at 10 000 streams, every half second).
+    # (gevent's patching removes it from ``select``: asked of the original module.)
+    try:
+        _epoll: Callable[[], Any] | None = get_original("select", "epoll")
+    except AttributeError:  # not Linux
+        _epoll = None
 except ImportError:  # pragma: no cover - gevent is a dependency, but be lenient
     _poll = select.poll
+    _epoll = getattr(select, "epoll", None)
 
 #: Linux reports a peer's FIN as POLLRDHUP without anything being read.
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
@@ -147,12 +155,21 @@ def give_up_on_silence(sock: socket.socket | None, seconds: float, heartbeat: fl
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(budget * 1000))
 
 
+def _new_poller() -> Any:
+    """An epoll, or a poll: where there is no epoll, or no descriptor left for one."""
+    if _epoll is not None:
+        with contextlib.suppress(OSError):
+            return _epoll()
+    return _poll()
+
+
 class ClosedPeerWatcher:
     """One poller over the sockets of every stream: ``on_gone`` runs for a closed client.
 
-    A non-blocking ``poll`` of all registered descriptors every ``interval``
-    seconds, in one thread (a greenlet under gevent): O(streams) system-call
-    work per interval, instead of a timer and a probe per stream.
+    A non-blocking ``epoll_wait`` (``poll`` where there is no epoll) of all
+    registered descriptors every ``interval`` seconds, in one thread (a
+    greenlet under gevent): one system call per interval, whose work is the
+    clients that left, instead of a timer and a probe per stream.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
@@ -172,8 +189,11 @@ class ClosedPeerWatcher:
             return None
         with self._lock:
             if self._poller is None:
-                self._poller = _poll()
-            self._poller.register(fd, _GONE)
+                self._poller = _new_poller()
+            try:
+                self._poller.register(fd, _GONE)
+            except FileExistsError:  # epoll: still registered (a descriptor not forgotten)
+                self._poller.modify(fd, _GONE)
             self._watched[fd] = on_gone
             if self._thread is None:
                 self._thread = threading.Thread(

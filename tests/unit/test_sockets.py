@@ -80,6 +80,23 @@ def test_the_watcher_calls_back_once_when_the_peer_closes(
     assert calls == [1]
 
 
+def test_a_socket_watched_again_calls_back_the_later_function_once(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A descriptor not forgotten (epoll still holds it) may be watched anew: the new watch wins."""
+    ours, theirs = pair
+    watcher = ClosedPeerWatcher(interval=0.05)
+    calls: list[str] = []
+    gone = threading.Event()
+    watcher.watch(ours, lambda: calls.append("earlier"))
+    watcher.watch(ours, lambda: (calls.append("later"), gone.set()))
+    assert len(watcher) == 1
+    theirs.close()
+    assert gone.wait(WAIT), "the watcher did not notice the closed peer"
+    wait_for_a_sweep(watcher)
+    assert calls == ["later"]
+
+
 def wait_for_a_sweep(watcher: ClosedPeerWatcher) -> None:
     """Return once a sweep begun after this call ran, its callbacks included.
 
