@@ -175,16 +175,15 @@ def parse_publish_body(hub: Hub, server: ServerConfig, req: Request) -> tuple[li
 
 def read_json(req: Request, limit: int, seconds: float) -> Any:
     """The body as JSON: at most ``limit`` bytes (413), within ``seconds`` (408)."""
-    too_large = RequestRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
     # One byte over the limit is read so that a chunked body (no Content-Length),
     # which Werkzeug cuts at the limit without a word, is seen to be too large.
     req.max_content_length = limit + 1
     try:
         raw = read_body(req, seconds)
     except RequestEntityTooLarge:
-        raise too_large from None
-    if len(raw) > limit:
-        raise too_large
+        raw = None
+    if raw is None or len(raw) > limit:
+        raise RequestRefused(413, f"body over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -201,22 +200,26 @@ def read_body(req: Request, seconds: float) -> bytes:
     return _within(req, seconds, lambda: req.get_data(cache=True))
 
 
+class _Late(Exception):
+    """The body's time ran out (gevent); not a TimeoutError, which gunicorn's reader catches."""
+
+
 def _within(req: Request, seconds: float, read: Callable[[], bytes]) -> bytes:
-    late = RequestRefused(408, f"the body did not arrive within {seconds:g} s "
-                               "(SSE_PUBLISH_BODY_SECONDS)")
     sock = stream_socket(req.environ)
     try:
         if gevent_patched():
             import gevent
 
-            with gevent.Timeout(seconds, late):
+            with gevent.Timeout(seconds, _Late):
                 return read()
         if sock is not None:
             sock.settimeout(seconds)
         return read()
-    except (TimeoutError, RequestRefused):
+    except (TimeoutError, _Late):
         end_of_requests(sock)
-        raise late from None
+        raise RequestRefused(
+            408, f"the body did not arrive within {seconds:g} s (SSE_PUBLISH_BODY_SECONDS)"
+        ) from None
     finally:
         if sock is not None and not gevent_patched():
             sock.settimeout(None)
