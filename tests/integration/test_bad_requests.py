@@ -58,6 +58,17 @@ def token_hub(start_hub_for_module: HubLauncher) -> HubServer:
     return start_hub_for_module(SSE_HEARTBEAT_SECONDS=5, SSE_PUBLISH_TOKEN=TOKEN)
 
 
+def settled_stats(hub: HubServer) -> dict[str, Any]:
+    """``/stats`` once only the module's ``live`` stream is registered.
+
+    Streams an earlier test closed leave when the hub's watcher next sweeps
+    (every 0.5 s): counted before and gone after, they would hide a stream
+    that a refused request opened.
+    """
+    return hub.wait_for_stats(lambda s: s["subscribers"] == 1,
+                              what="only the module's live stream registered")
+
+
 def published_count(hub: HubServer) -> int:
     count: int = hub.stats()["events_published"]
     return count
@@ -103,7 +114,7 @@ BAD_SUBSCRIPTIONS = [
 def test_subscribe_with_bad_channels_is_refused_with_400_before_any_stream(
     hub: HubServer, query: str,
 ) -> None:
-    before = hub.stats()
+    before = settled_stats(hub)
     status, headers, body = hub.request("GET", f"/stream?{query}")
     assert_short_reason(status, headers, body, 400)
     after = hub.stats()
@@ -386,7 +397,7 @@ def test_anonymous_publish_from_loopback_is_accepted(hub: HubServer) -> None:
     ],
 )
 def test_wrong_method_is_refused_with_405(hub: HubServer, method: str, path: str) -> None:
-    before = hub.stats()
+    before = settled_stats(hub)
     body = item(data="x") if method in ("POST", "PUT", "PATCH") else None
     status, headers, answer = hub.request(method, path, body, JSON_TYPE)
     assert_json_reason(status, headers, answer, 405)
