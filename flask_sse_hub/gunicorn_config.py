@@ -170,20 +170,14 @@ def _tune_gc(worker: Any) -> None:
     thresholds; ``700,10,10`` restores CPython's.
     """
     given = os.environ.get("SSE_GC_THRESHOLD")
-    thresholds = GC_THRESHOLDS
-    if given:
-        try:
-            thresholds = tuple(int(part) for part in given.split(","))  # type: ignore[assignment]
-        except ValueError:
-            thresholds = ()  # type: ignore[assignment]
-        if len(thresholds) != 3 or min(thresholds) < 1:
-            worker.log.error(
-                "SSE_GC_THRESHOLD must be three positive integers (e.g. 50000,20,100), not %r",
-                given,
-            )
-            sys.exit(3)
+    parts = given.split(",") if given else [str(n) for n in GC_THRESHOLDS]
+    if len(parts) != 3 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        worker.log.error(
+            "SSE_GC_THRESHOLD must be three positive integers (e.g. 50000,20,100), not %r", given,
+        )
+        sys.exit(3)
     gc.freeze()  # the app as loaded: never scanned again
-    gc.set_threshold(*thresholds)
+    gc.set_threshold(*(int(part) for part in parts))
 
 
 class _ClientGone(logging.Filter):
