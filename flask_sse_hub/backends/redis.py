@@ -18,9 +18,12 @@ is atomic with the read) and multiplexed: every stream's page requests go
 through one queue to ONE connection, pipelined, so a reconnect storm waits
 its turn instead of failing on a busy pool.
 
+Publishes are multiplexed too, on a connection of their own: concurrent
+publishes go out as one pipeline (one round trip, one ``send``, one ``recv``).
+
 Connections per worker are a constant whatever the number of subscribers:
-the broadcaster's, the replay connection, the health probe's and at most
-:data:`POOL_SIZE` for publishes, so at most :data:`MAX_CONNECTIONS`.
+the broadcaster's, the replay and publish connections, the health probe's and
+at most :data:`POOL_SIZE` for presence, so at most :data:`MAX_CONNECTIONS`.
 
 Every wait on Redis is bounded by ``SSE_REDIS_TIMEOUT``: a publish answers
 (503 after retries) within it, ``/healthz`` within a second. An outage does
@@ -52,6 +55,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -79,15 +84,18 @@ _READ_COUNT = 1000
 _STARTUP_GRACE = 1.0
 #: Seconds of clock skew between this host and Redis tolerated by that reading.
 _CLOCK_MARGIN = 5.0
-#: Pool connections for publishes (per worker).
-POOL_SIZE = 4
-#: Redis connections one worker holds at most: broadcaster, replay, health, publish pool.
-MAX_CONNECTIONS = 3 + POOL_SIZE
+#: Pool connections for presence (per worker).
+POOL_SIZE = 2
+#: Redis connections one worker holds at most: broadcaster, replay, publish, health,
+#: presence pool.
+MAX_CONNECTIONS = 4 + POOL_SIZE
 #: A replay page: about PAGE_BYTES of matching events, scanning at most this many
 #: entries (of any channel).
 PAGE_SCAN = 512
 #: Replay requests sent to Redis in one pipeline.
 _PIPELINE_DEPTH = 32
+#: Publish requests sent to Redis in one pipeline.
+_PUBLISH_DEPTH = 64
 #: The oldest Redis the backend works with: exclusive ranges and XADD options of 6.2.
 MIN_REDIS_VERSION = (6, 2, 0)
 #: URL options that would change what redis-py hands back (the hub reads raw RESP2 bytes).
@@ -342,21 +350,54 @@ class _Multiplexer:
 
     A reconnect storm of thousands of replays then waits its turn on a busy
     connection (each caller blocked only on its own reply) instead of failing
-    for want of a pooled one, and Redis sees a few large round trips.
+    for want of a pooled one, and concurrent publishes share round trips:
+    Redis and redis-py see a few large pipelines instead of one command,
+    one ``send`` and one ``recv`` per request.
+
+    Scripts are sent as ``EVALSHA`` (:meth:`evalsha`) and loaded when Redis
+    answers ``NOSCRIPT`` (a restarted or flushed Redis, a failover): redis-py's
+    ``Script`` in a pipeline would ask ``SCRIPT EXISTS`` before every batch.
+    With ``min_replicas``, each batch ends with one ``WAIT`` for all of it.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(
+        self, client: redis.Redis, name: str, *, depth: int,
+        scripts: Sequence[Script] = (), min_replicas: int = 0, wait_ms: int = 0,
+    ) -> None:
         self.client = client
+        self.name = name
+        self.depth = depth
+        self.scripts = scripts
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
         self._requests: queue.Queue[_Request] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def call(self, command: Callable[[Any], Any]) -> Any:
-        """Run ``command(pipeline)`` (which adds ONE command) and return its reply."""
+    @staticmethod
+    def evalsha(pipe: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def call(self, command: Callable[[Any], Any], timeout: float | None = None) -> Any:
+        """Run ``command(pipeline)`` (which adds ONE command) and return its reply.
+
+        With a ``timeout``: a request still queued when it expires is never
+        sent (``ConnectionError`` "connecting to ...": nothing was done); one
+        already sent raises ``TimeoutError`` (Redis may yet run it).
+        """
         request = _Request(command)
         self._ensure_running()
         self._requests.put(request)
-        request.done.wait()
+        if not request.done.wait(timeout):
+            with self._lock:
+                if request.state is _QUEUED:
+                    request.state = _ABANDONED
+                    raise redis.ConnectionError(
+                        f"connecting to Redis: the {self.name} connection was busy "
+                        f"for {timeout:.2f}s"
+                    )
+            if not request.done.wait(0):  # sent: the reply may still be on its way
+                raise redis.TimeoutError(f"Timeout reading from Redis ({self.name})")
         reply, request.reply = request.reply, None
         if isinstance(reply, Exception):
             raise reply
@@ -368,39 +409,79 @@ class _Multiplexer:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._serve, name="sse-redis-replay", daemon=True,
+                    target=self._serve, name=f"sse-redis-{self.name}", daemon=True,
                 )
                 self._thread.start()
 
     def _serve(self) -> None:
         while True:
-            batch = [self._requests.get()]
-            while len(batch) < _PIPELINE_DEPTH:
+            waiting = [self._requests.get()]
+            while len(waiting) < self.depth:
                 try:
-                    batch.append(self._requests.get_nowait())
+                    waiting.append(self._requests.get_nowait())
                 except queue.Empty:
                     break
+            with self._lock:  # a caller that gave up on its request is not sent
+                batch = [request for request in waiting if request.state is _QUEUED]
+                for request in batch:
+                    request.state = _SENT
             replies: list[Any]
             try:
-                with self.client.pipeline(transaction=False) as pipe:
-                    for request in batch:
-                        request.command(pipe)
-                    replies = pipe.execute(raise_on_error=False)
+                replies = self._execute(batch) if batch else []
             except Exception as exc:  # the connection failed: every caller hears of it
                 replies = [exc] * len(batch)
             for request, reply in zip(batch, replies, strict=True):
                 request.reply = reply
                 request.done.set()
-            del batch, replies  # not kept alive while waiting for the next request
+            del waiting, batch, replies  # not kept alive while waiting for the next request
+
+    def _execute(self, batch: list[_Request]) -> list[Any]:
+        replies = self._pipeline(batch)
+        unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if unknown:  # this Redis has not seen our scripts (yet, or any more)
+            for script in self.scripts:
+                script.sha = self.client.script_load(script.script)
+            again = self._pipeline([batch[i] for i in unknown])
+            for i, reply in zip(unknown, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    def _pipeline(self, batch: list[_Request]) -> list[Any]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for request in batch:
+                request.command(pipe)
+            if self.min_replicas:
+                # WAIT's own timeout stays inside the socket's, so a missing
+                # replica is a clear answer, not a timeout.
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", self.min_replicas, self.wait_ms,
+                )
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        if self.min_replicas:
+            replicas = replies.pop()
+            if isinstance(replicas, Exception):
+                raise replicas
+            if replicas < self.min_replicas:
+                short = BackendUnavailable(
+                    f"only {replicas} of {self.min_replicas} replicas (SSE_REDIS_MIN_REPLICAS) "
+                    "acknowledged in time: the event(s) may have been published"
+                )
+                replies = [r if isinstance(r, Exception) else short for r in replies]
+        return replies
+
+
+#: A request's states: queued, taken into a pipeline, or given up by its caller.
+_QUEUED, _SENT, _ABANDONED = "queued", "sent", "abandoned"
 
 
 class _Request:
-    __slots__ = ("command", "done", "reply")
+    __slots__ = ("command", "done", "reply", "state")
 
     def __init__(self, command: Callable[[Any], Any]) -> None:
         self.command = command
         self.done = threading.Event()
         self.reply: Any = None
+        self.state = _QUEUED
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,9 +541,20 @@ class RedisBackend(Backend):
         self._health = self._connector.client(timeout=min(0.8, timeout))
         self._health_lock = threading.Lock()
         self._last_health = True
-        self._replays = _Multiplexer(self._connector.client(timeout=timeout))
         self._publish_script = self._client.register_script(_PUBLISH_SCRIPT)
         self._page_script = self._client.register_script(_PAGE_SCRIPT)
+        self._replays = _Multiplexer(
+            self._connector.client(timeout=timeout), "replay", depth=_PIPELINE_DEPTH,
+            scripts=[self._page_script],
+        )
+        # Concurrent publishes share round trips on one connection; a pipeline
+        # takes at most one attempt's time (the socket timeout), two fit in
+        # SSE_REDIS_TIMEOUT.
+        self._publishes = _Multiplexer(
+            self._connector.client(timeout=self._attempt), "publish", depth=_PUBLISH_DEPTH,
+            scripts=[self._publish_script], min_replicas=min_replicas,
+            wait_ms=int(self._attempt * 800),
+        )
         self._window_script = self._client.register_script(_WINDOW_SCRIPT)
         self._anchor_script = self._client.register_script(_ANCHOR_SCRIPT)
         self._presence_script = self._client.register_script(_PRESENCE_SCRIPT)
@@ -552,28 +644,11 @@ class RedisBackend(Backend):
         return decoded
 
     def _publish_once(self, keys: list[str], args: list[Any], deadline: float) -> Any:
-        wait = deadline - time.monotonic() - self._attempt
-        if not self._slots.acquire(timeout=max(wait, 0.0)):
-            raise redis.ConnectionError("connecting to Redis: every publish connection is busy")
-        try:
-            if not self.min_replicas:
-                return self._publish_script(keys=keys, args=args)
-            # WAIT in the same round trip; its own timeout stays inside the
-            # socket's, so a missing replica is a clear answer, not a timeout.
-            with self._client.pipeline(transaction=False) as pipe:
-                self._publish_script(keys=keys, args=args, client=pipe)
-                pipe.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", self.min_replicas, int(self._attempt * 800),
-                )
-                ids, replicas = pipe.execute()
-        finally:
-            self._slots.release()
-        if replicas < self.min_replicas:
-            raise BackendUnavailable(
-                f"only {replicas} of {self.min_replicas} replicas (SSE_REDIS_MIN_REPLICAS) "
-                "acknowledged in time: the event(s) may have been published"
-            )
-        return ids
+        script = self._publish_script
+        return self._publishes.call(
+            lambda pipe: _Multiplexer.evalsha(pipe, script, keys, args),
+            timeout=max(deadline - time.monotonic(), 0.0),
+        )
 
     # -- the broadcaster ----------------------------------------------------
 
@@ -589,7 +664,9 @@ class RedisBackend(Backend):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=_BLOCK_MS / 1000 + self.timeout + 1)
-        for client in (self._client, self._health, self._replays.client):
+        for client in (
+            self._client, self._health, self._replays.client, self._publishes.client,
+        ):
             client.connection_pool.disconnect()
 
     def _supervise(self, sink: Sink) -> None:
@@ -800,8 +877,9 @@ class RedisBackend(Backend):
 
     def _page(self, channels: frozenset[str], start: str, upto: str) -> _Page:
         args: list[str | int] = [start, upto, PAGE_BYTES, PAGE_SCAN, *sorted(channels)]
+        script = self._page_script
         reply = self._replays.call(
-            lambda pipe: self._page_script(keys=[self.key], args=args, client=pipe)
+            lambda pipe: _Multiplexer.evalsha(pipe, script, [self.key], args)
         )
         return _Page.parse(start, reply)
 

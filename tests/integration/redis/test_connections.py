@@ -1,9 +1,10 @@
 """Redis connections per worker are constant, never one per subscriber (docs/protocol.md#redis).
 
 Each worker holds its broadcaster's connection, one replay connection (every
-stream's replay pages are pipelined on it), one for health checks and a small
-pool for publishes. Redis's ``CLIENT LIST`` is attributed
-to processes through /proc, so the count is the worker's own.
+stream's replay pages are pipelined on it), one for publishes (pipelined
+too), one for health checks and a small pool for presence. Redis's
+``CLIENT LIST`` is attributed to processes through /proc, so the count is the
+worker's own.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
 
-#: Broadcaster, replay, health, and a publish pool of at most 4.
-MAX_PER_WORKER = 7
+#: Broadcaster, replay, publish, health, and a presence pool of at most 2.
+MAX_PER_WORKER = 6
 
 
 def connections_per_worker(hub: HubServer, redis_client: Any) -> dict[int, int]:

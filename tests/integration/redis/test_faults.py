@@ -19,6 +19,9 @@ docs/protocol.md#redis-timeouts and docs/protocol.md#redis-window.
 * Two hubs with different ``SSE_HISTORY_SIZE`` on one stream key: the larger
   window wins, and the log says so.
 * ``/healthz`` answers 503 within 1 s while Redis is down.
+* Concurrent publishes to a frozen Redis each answer in time, and none
+  answered "nothing was published" is ever delivered.
+* Scripts flushed from Redis are loaded again (NOSCRIPT) by publishes and replays.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -324,3 +328,66 @@ def test_healthz_answers_503_within_a_second_while_redis_is_down(
     finally:
         redis_server.start()
     wait_healthy(hub)
+
+
+def test_concurrent_publishes_to_a_frozen_redis_answer_in_time_and_none_said_unpublished_arrives(
+    start_hub: HubLauncher, redis_server: RedisServer, redis_url: str,
+) -> None:
+    """Concurrent publishes share pipelines on one connection (docs/protocol.md#redis-timeouts).
+
+    Frozen Redis, 24 publishes in three waves 0.3 s apart (the later ones
+    queue behind a pipeline already stuck on the frozen Redis): every one
+    answers 503 within ``SSE_REDIS_TIMEOUT``, saying either "may have been
+    published" (sent: it runs when Redis thaws, and then at most once) or
+    "nothing was published" (never sent: it must never reach a stream).
+    """
+    hub = start_hub(SSE_REDIS_URL=redis_url, SSE_REDIS_TIMEOUT=1, SSE_HEARTBEAT_SECONDS=0.5)
+    stream = hub.subscribe("frozen-many")
+    first = hub.publish("before", channel="frozen-many")
+    stream.until_id(first, timeout=5)
+
+    assert redis_server.process is not None
+
+    def publish_in_wave(n: int) -> tuple[str, tuple[int, Any, float]]:
+        time.sleep(n // 8 * 0.3)  # the wave's start, not an assertion
+        return f"during {n}", publish_timed(hub, {"channel": "frozen-many", "data": f"during {n}"})
+
+    with stopped(redis_server.process.pid), ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(publish_in_wave, range(24)))
+    unpublished: list[str] = []
+    maybe: list[str] = []
+    for data, (status, answer, took) in answers:
+        assert status == 503, f"{data}: {status} {answer!r}"
+        assert took < 1 + 0.5, f"{data}: answered 503 after {took:.2f}s (SSE_REDIS_TIMEOUT=1)"
+        error = answer["error"]
+        assert "nothing was published" in error or "may have been published" in error, error
+        (unpublished if "nothing was published" in error else maybe).append(data)
+
+    wait_healthy(hub)
+    last = hub.publish("after", channel="frozen-many")
+    got = [e.data for e in stream.until_id(last, timeout=15)]
+    assert got[-1] == "after", got
+    assert not set(got) & set(unpublished), f"said 'nothing was published', yet delivered: {got}"
+    counts = Counter(got)
+    assert all(counts[data] <= 1 for data in maybe), got
+
+
+def test_scripts_flushed_from_redis_are_loaded_again_for_publishes_and_replays(
+    start_hub: HubLauncher, redis_server: RedisServer, redis_url: str,
+) -> None:
+    """``SCRIPT FLUSH`` (or a Redis restarted from a snapshot) forgets the hub's Lua
+    scripts: the next publish and the next replay load them again (NOSCRIPT), nothing fails."""
+    hub = start_hub(SSE_REDIS_URL=redis_url)
+    stream = hub.subscribe("flushed")
+    ids = [hub.publish(f"event {n}", channel="flushed") for n in range(2)]
+    stream.until_id(ids[-1], timeout=5)
+
+    redis_server.command("SCRIPT", "FLUSH")
+    ids.append(hub.publish("event 2", channel="flushed"))
+    assert [e.data for e in stream.until_id(ids[-1], timeout=5)] == ["event 2"]
+
+    redis_server.command("SCRIPT", "FLUSH")
+    resumed = hub.subscribe("flushed", headers={"Last-Event-ID": ids[0]})
+    assert [(e.last_event_id, e.data) for e in resumed.until_id(ids[-1], timeout=5)] == [
+        (ids[1], "event 1"), (ids[2], "event 2"),
+    ]
