@@ -41,9 +41,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-PUBLISHER = mint({"publish": ["*"]})
-
-
 @pytest.fixture(scope="module")
 def hub(start_hub_for_module: HubLauncher) -> HubServer:
     # The access log goes to the server log too: it must not hold a token either.
@@ -58,7 +55,11 @@ def no_streams_left(hub: HubServer) -> Iterator[None]:
     hub.wait_for_stats(lambda s: s["subscribers"] == 0, what="every stream of the test closed")
 
 
-def publish(hub: HubServer, body: Any, token: str = PUBLISHER) -> tuple[int, Any]:
+def publish(hub: HubServer, body: Any, token: str | None = None) -> tuple[int, Any]:
+    # The default publisher's token is minted per call: one minted at import
+    # expired (300 s + leeway) before the module's tests ran on a slow CI run.
+    if token is None:
+        token = mint({"publish": ["*"]})
     return hub.post_json("/publish", body, headers=bearer(token))
 
 

@@ -28,7 +28,7 @@ SECRET = "ops-tests-hs256-secret-0123456789abcdef"
 GRACE = 1.5
 DISCONNECT_EVENT = "sse-hub-disconnect"
 #: A publisher that may publish anywhere (and so end any subject's streams).
-ANYWHERE = mint_token(SECRET, publish=["*"])
+ANYWHERE = mint_token(SECRET, publish=["*"], ttl=86400)  # outlives any slow run
 
 
 def auth(token: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ GRACE = 1.5
 LEAVE_WITHIN = 3.0
 HEARTBEAT = 1.0
 DISCONNECT_EVENT = "sse-hub-disconnect"
-ANYWHERE = {"Authorization": f"Bearer {mint_token(SECRET, publish=['*'])}"}
+ANYWHERE = {"Authorization": f"Bearer {mint_token(SECRET, publish=['*'], ttl=86400)}"}
 #: How long to keep opening connections until both workers hold some.
 SPREAD_SECONDS = 20.0
 
