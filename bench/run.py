@@ -84,6 +84,7 @@ class Scenario:
     event_bytes: int = 0  # pad each event's data to about this size (0: no padding)
     history_size: int = 0  # SSE_HISTORY_SIZE of the peer (0: its default)
     probe_interval: float = 0.2  # storm: one single POST this often while it lasts (s)
+    ndjson: bool = False  # publish: one streaming NDJSON POST per publisher (loadgen --ndjson)
 
     def loadgen_args(self) -> list[str]:
         args = [
@@ -95,7 +96,7 @@ class Scenario:
         if self.kind == "storm":
             return [*args, f"--storm-events={self.events}", f"--dial-concurrency={self.streams}",
                     f"--storm-publish-interval={self.probe_interval * 1000:g}ms"]
-        return [*args, f"--events={self.events}"]
+        return [*args, f"--events={self.events}", *(["--ndjson"] if self.ndjson else [])]
 
     def server_env(self) -> dict[str, str]:
         return {"SSE_HISTORY_SIZE": str(self.history_size)} if self.history_size else {}
@@ -117,6 +118,9 @@ FULL_SCENARIOS = [
     Scenario("publish-batch", "publish",
              "publish: 100 000 events in POSTs of 100 (4 keep-alive connections, 1 stream)",
              streams=1, events=100000, batch=100, publishers=4),
+    Scenario("publish-stream", "publish",
+             "publish: 100 000 events as ONE streaming POST /publish of NDJSON (1 connection, "
+             "1 stream)", streams=1, events=100000, ndjson=True),
     Scenario("resume-storm", "storm",
              "resume storm: 600 events of 1 KB published with no stream open (POSTs of 300), then "
              "2 000 streams at once, each resuming 400 to 599 events back",
@@ -141,6 +145,9 @@ QUICK_SCENARIOS = [
              streams=1, events=1000, publishers=4, deadline=30, drain=3),
     Scenario("publish-batch", "publish", "publish: 10 000 events in POSTs of 100",
              streams=1, events=10000, batch=100, publishers=4, deadline=30, drain=3),
+    Scenario("publish-stream", "publish",
+             "publish: 10 000 events as one streaming POST of NDJSON", streams=1, events=10000,
+             ndjson=True),
     Scenario("resume-storm", "storm",
              "resume storm: 600 events of 1 KB, then 300 streams at once resuming 400 to 599 back",
              streams=300, events=600, batch=300, event_bytes=1024, history_size=5000,
@@ -163,6 +170,7 @@ class Peer:
     workers: int = 1
     reference: bool = False  # not a contender: excluded from "best peer"
     resume: bool = True  # keeps a history and resumes from Last-Event-ID (the storm scenario)
+    ndjson: bool = False  # takes a streaming publish (the publish-stream scenario)
     health_path: str = "/healthz"
     cpus: str = SERVER_CPUS
 
@@ -172,6 +180,7 @@ class Peer:
 
 @dataclass
 class HubPeer(Peer):
+    ndjson: bool = True
     def command(self, port: int, bin_dir: Path) -> tuple[list[str], dict[str, str], Path]:
         env = {"SSE_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(self.workers),
                "SSE_LOG_LEVEL": "warning"}
@@ -208,6 +217,16 @@ def _hub_spec() -> str:
 
 
 NO_RESUME = "n/a: no history, cannot resume from Last-Event-ID"
+NO_NDJSON = "n/a: no streaming publish"
+
+
+def cannot_run(peer: Peer, scenario: Scenario) -> str | None:
+    """Why ``peer`` has no result for ``scenario`` (it lacks the feature), or None."""
+    if scenario.kind == "storm" and not peer.resume:
+        return NO_RESUME
+    if scenario.ndjson and not peer.ndjson:
+        return NO_NDJSON
+    return None
 
 # gunicorn 27's gevent worker imports ``packaging`` without declaring it.
 GUNICORN_GEVENT = ["gunicorn", "gevent", "packaging"]
@@ -719,7 +738,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                     f"| {fmt(v['connect_seconds'], 2)} | {fmt(v['server_cpu_pct'])} "
                     f"| {fmt(v['storm_cpu_ms_per_resume'], 3)} | {fmt(v['loadgen_cpu_pct'])} |")
         else:
-            key = "publish_requests_per_s" if sc["batch"] == 1 else "publish_events_per_s"
+            single = sc["batch"] == 1 and not sc.get("ndjson")
+            key = "publish_requests_per_s" if single else "publish_events_per_s"
             b = best(key)
             lines += [
                 "| peer | requests/s | events/s | × best | request p50 ms | request p99 ms | "
@@ -821,6 +841,8 @@ README_ROWS = [
     ("idle memory per stream (KB, server RSS)", "idle-5k", "kb_per_stream", "{:.1f}"),
     ("single `POST /publish` per second", "publish-single", "publish_requests_per_s", "{:,.0f}"),
     ("events/s published in batches of 100", "publish-batch", "publish_events_per_s", "{:,.0f}"),
+    ("events/s published as one NDJSON stream (1 connection)", "publish-stream",
+     "publish_events_per_s", "{:,.0f}"),
     ("resume storm, 2 000 streams × 400-599 missed events (s)", "resume-storm",
      "storm_resume_seconds", "{:.1f}"),
     ("reconnect storm, 10 000 streams resuming at once (s)", "resume-storm-10k",
@@ -1069,11 +1091,10 @@ def main() -> None:
         info: dict[str, Any] = {"title": peer.title, "reference": peer.reference,
                                 "workers": peer.workers, "cpus": peer.cpus, "status": "ok"}
         data["peers"][peer.name] = info
-        if not any(s.kind != "storm" or peer.resume for s in scenarios):
+        if all(cannot_run(peer, s) for s in scenarios):
             for scenario in scenarios:  # nothing it can run: no need to install it
                 data["results"][scenario.name][peer.name] = {
-                    "runs": [], "warnings": [],
-                    "status": NO_RESUME}
+                    "runs": [], "warnings": [], "status": cannot_run(peer, scenario)}
             continue
         try:
             if peer.venv:
@@ -1092,8 +1113,9 @@ def main() -> None:
                 break
             cell: dict[str, Any] = {"runs": [], "warnings": []}
             data["results"][scenario.name][peer.name] = cell
-            if scenario.kind == "storm" and not peer.resume:
-                cell["status"] = NO_RESUME
+            lacking = cannot_run(peer, scenario)
+            if lacking:
+                cell["status"] = lacking
                 continue
             for i in range(runs):
                 tag = f"{peer.name}.{scenario.name}.{i}"

@@ -10,7 +10,7 @@
 // each has received its first chunk, optionally holds them idle, then
 // publishes --events events through POST /publish (single or batched, at
 // --rate events/s or as fast as possible, from --publishers keep-alive
-// connections). Each event's data is {"seq":N,"t":<send time, ns since the
+// connections; or, with --ndjson, as one streaming request per publisher). Each event's data is {"seq":N,"t":<send time, ns since the
 // epoch>}. Streams are parsed per WHATWG; a stream that ends is reopened with
 // Last-Event-ID like an EventSource. See bench/README.md.
 package main
@@ -47,6 +47,7 @@ type config struct {
 	Events         int
 	Rate           float64
 	Batch          int
+	NDJSON         bool
 	Publishers     int
 	DialConc       int
 	ConnectTimeout time.Duration
@@ -126,6 +127,7 @@ func main() {
 	flag.IntVar(&c.Events, "events", 100, "events to publish")
 	flag.Float64Var(&c.Rate, "rate", 0, "events per second (0: as fast as possible)")
 	flag.IntVar(&c.Batch, "batch", 1, "events per POST /publish (1: a single JSON object)")
+	flag.BoolVar(&c.NDJSON, "ndjson", false, "streaming publish: each publisher sends one long POST of newline-delimited JSON, one event per line (ndjson.go); --batch and --rate are ignored")
 	flag.IntVar(&c.Publishers, "publishers", 1, "concurrent publisher connections")
 	flag.IntVar(&c.DialConc, "dial-concurrency", 200, "streams being opened at once")
 	flag.DurationVar(&c.ConnectTimeout, "connect-timeout", 60*time.Second, "give up opening streams after this")
@@ -148,7 +150,7 @@ func main() {
 	flag.IntVar(&c.StormPublishes, "storm-publishes", 300, "resume storm: at most this many single POSTs during the storm (latency probe; small events, unpadded)")
 	flag.DurationVar(&c.StormInterval, "storm-publish-interval", 200*time.Millisecond, "resume storm: one probe POST this often until every stream has resumed")
 	flag.Parse()
-	if c.Batch < 1 {
+	if c.Batch < 1 || c.NDJSON {
 		c.Batch = 1
 	}
 	if c.Publishers < 1 {
@@ -472,6 +474,10 @@ func (p *publisher) postRead(body []byte) ([]byte, error) {
 
 func (p *publisher) run(events int, start time.Time) {
 	c := p.g.cfg
+	if c.NDJSON {
+		p.runNDJSON(events)
+		return
+	}
 	batches := (events + c.Batch - 1) / c.Batch
 	var next int64 = -1
 	var wg sync.WaitGroup
@@ -807,6 +813,9 @@ func (g *gen) run() map[string]any {
 	sort.Float64s(pub.reqLat)
 	pubSec := pubEnd.Sub(pubStart).Seconds()
 	requests := (c.Events + c.Batch - 1) / c.Batch
+	if c.NDJSON { // a "request" is a line: publish_requests_per_s is lines/s
+		requests = c.Events
+	}
 	sum := 0.0
 	for _, l := range lats {
 		sum += float64(l)
