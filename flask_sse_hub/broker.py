@@ -314,6 +314,27 @@ class Broker:
         self._ensure_started()
         return self.backend.publish(events, idempotency)
 
+    def wait_broadcast(self, event_id: str, timeout: float) -> bool:
+        """Wait until this process's broadcaster has passed ``event_id`` (published here).
+
+        True at once where publishing is broadcasting (the memory backend);
+        False if it has not passed it in time. A publisher that paces itself by
+        it never runs further ahead of this worker's streams than it waits for.
+        """
+        if not self.backend.comes_after(event_id, self._position):
+            return True
+        return self._wait_passed(event_id, timeout)
+
+    def _wait_passed(self, event_id: str, timeout: float) -> bool:
+        with self._lock:
+            self._waiting += 1
+            try:
+                return self._advanced.wait_for(
+                    lambda: not self.backend.comes_after(event_id, self._position), timeout=timeout
+                )
+            finally:
+                self._waiting -= 1
+
     # -- subscribing ----------------------------------------------------------
 
     def subscribe(
@@ -331,14 +352,7 @@ class Broker:
         self._ensure_started()
         self.backend.wait_ready(timeout=3.0)
         if last_id is not None and self.backend.published_not_broadcast(last_id, self._position):
-            with self._lock:
-                self._waiting += 1
-                try:
-                    self._advanced.wait_for(
-                        lambda: not self.backend.comes_after(last_id, self._position), timeout=3.0
-                    )
-                finally:
-                    self._waiting -= 1
+            self._wait_passed(last_id, timeout=3.0)
         sub = Subscription(channels, client, subject, tagged=tagged)
         with self._lock:
             self._check_capacity()

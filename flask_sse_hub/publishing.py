@@ -17,11 +17,14 @@ Three bodies are accepted (docs/protocol.md#publish):
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import hmac
 import json
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -241,26 +244,157 @@ def _streaming(hub: Hub, server: ServerConfig, req: Request, grants: Grants | No
 def _published_lines(
     hub: Hub, server: ServerConfig, req: Request, grants: Grants | None,
 ) -> Iterator[bytes]:
-    limit = server.max_publish_bytes
-    stream = req.stream
-    while True:
-        try:
-            # Each line must arrive within the body time of the one before.
-            line = _within(req, server.publish_body_seconds, lambda: stream.readline(limit + 1))
-        except RequestRefused as exc:
-            yield _result_line({"error": str(exc), "status": exc.status})
-            return
-        if not line:
-            return
-        if len(line) > limit:
-            yield _result_line({"error": f"a line over {limit} bytes (SSE_MAX_PUBLISH_BYTES)",
-                                "status": 413})
-            return
-        if line.strip():
-            yield _result_line(_publish_line(hub, line, grants))
+    # A reader (greenlet under gevent, else a thread) reads lines ahead while
+    # this loop publishes: the lines that arrived while the last group was
+    # being published go out as one group, one backend call (one Redis round
+    # trip) and one chunk of results, instead of a call and a send per line.
+    # A line that arrives alone is published alone, at once.
+    #
+    # Paced by this worker's broadcaster: with a shared backend (Redis) one
+    # connection publishes faster than the worker that serves it reads the
+    # events back (the same CPU does both), and events more than the history
+    # behind would reach its streams only as a gap. So at most half the
+    # history is published and not yet read back here.
+    reader = _LineReader(req, server)
+    limit = min(_GROUP, server.max_batch, hub.config.history_size)
+    ahead: collections.deque[tuple[str, int]] = collections.deque()  # (last id, events)
+    budget, unread = max(hub.config.history_size // 2, 1), 0
+    try:
+        while True:
+            lines, end = reader.group(limit)
+            if lines:
+                results = _publish_group(hub, lines, grants)
+                yield b"".join(map(_result_line, results))
+                ids = [result["id"] for result in results if "id" in result]
+                if ids:
+                    ahead.append((ids[-1], len(ids)))
+                    unread += len(ids)
+                while ahead and unread > budget:
+                    last, count = ahead.popleft()
+                    unread -= count
+                    hub.broker.wait_broadcast(last, timeout=_PACING_SECONDS)
+            if end is not None:
+                if isinstance(end, RequestRefused):
+                    yield _result_line({"error": str(end), "status": end.status})
+                return
+    finally:
+        reader.stop()
 
 
-def _publish_line(hub: Hub, line: bytes, grants: Grants | None) -> dict[str, Any]:
+#: At most this many lines are published as one group (one backend call).
+_GROUP = 100
+#: Lines read ahead and not yet published: the reader waits (back-pressure).
+_READ_AHEAD = 2 * _GROUP
+#: How long a streaming publish waits for its worker's broadcaster to catch up
+#: (a broadcaster cut off from Redis): it then goes on, and streams get gaps.
+_PACING_SECONDS = 3.0
+
+
+class _EndOfBody:
+    """The body ended (its last chunk) without a refusal."""
+
+
+class _LineReader:
+    """Reads a streaming publish's lines ahead of the loop that publishes them."""
+
+    def __init__(self, req: Request, server: ServerConfig) -> None:
+        self._req = req
+        self._limit = server.max_publish_bytes
+        self._seconds = server.publish_body_seconds
+        self._lines: queue.Queue[bytes | Exception | _EndOfBody] = queue.Queue(_READ_AHEAD)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="sse-publish-lines", daemon=True)
+        self._thread.start()
+
+    def group(self, limit: int) -> tuple[list[bytes], RequestRefused | _EndOfBody | None]:
+        """The next line (waiting for it) and those already read after it, up to ``limit``.
+
+        Also how the body ended, if it did: the reader has then stopped reading.
+        A body the server could not read (a malformed chunk, a reset) raises
+        its error here, as a read in the answer's own loop would.
+        """
+        lines: list[bytes] = []
+        item = self._lines.get()
+        while True:
+            if not isinstance(item, bytes):
+                self._thread.join()  # it no longer reads the socket: the server may
+                if isinstance(item, RequestRefused | _EndOfBody):
+                    return lines, item
+                raise item
+            lines.append(item)
+            if len(lines) == limit:
+                return lines, None
+            try:
+                item = self._lines.get_nowait()
+            except queue.Empty:
+                return lines, None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _read(self) -> None:
+        stream = self._req.stream
+        limit = self._limit
+        end: Exception | _EndOfBody = _EndOfBody()
+        while not self._stopping.is_set():
+            try:
+                # Each line must arrive within the body time of the one before.
+                line = _within(self._req, self._seconds, lambda: stream.readline(limit + 1))
+            except Exception as exc:  # RequestRefused (408), or the server's own error
+                end = exc
+                break
+            if not line:
+                break
+            if len(line) > limit:
+                end = RequestRefused(413, f"a line over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
+                break
+            if line.strip() and not self._put(line):
+                return
+        self._put(end)
+
+    def _put(self, item: bytes | Exception | _EndOfBody) -> bool:
+        """Queue ``item``, waiting while the queue is full; False once stopped."""
+        while not self._stopping.is_set():
+            try:
+                self._lines.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def _publish_group(hub: Hub, lines: list[bytes], grants: Grants | None) -> list[dict[str, Any]]:
+    """One result per line, in order; the valid lines' events published together, in order.
+
+    A group is one batch for the backend, so all of its events share the
+    outcome (a batch is all or nothing): each line gets its id, or each the
+    same refusal (503 ...). A group is at most ``SSE_HISTORY_SIZE`` lines, so
+    the history always retains it whole (Redis: no ``BatchTooLarge``).
+    """
+    results: list[dict[str, Any]] = []
+    events: list[Event] = []
+    slots: list[int] = []  # the result index of each event
+    for line in lines:
+        result = _line_event(hub, line, grants)
+        if isinstance(result, Event):
+            slots.append(len(results))
+            events.append(result)
+            results.append({})
+        else:
+            results.append(result)
+    if not events:
+        return results
+    try:
+        outcomes: list[dict[str, Any]] = [{"id": i} for i in hub.publish_events(events)]
+    except HubError as exc:
+        outcomes = [{"error": str(exc), "status": exc.status}] * len(events)
+    for slot, outcome in zip(slots, outcomes, strict=True):
+        results[slot] = outcome
+    return results
+
+
+def _line_event(hub: Hub, line: bytes, grants: Grants | None) -> Event | dict[str, Any]:
+    """The line's event, validated and granted; else its refusal (a result)."""
     try:
         item = json.loads(line)
     except (ValueError, RecursionError) as exc:
@@ -270,7 +404,7 @@ def _publish_line(hub: Hub, line: bytes, grants: Grants | None) -> dict[str, Any
                                      numbered=False)
         if grants is not None:
             grants.check_publish({event.channel})
-        return {"id": hub.publish_events([event])[0]}
+        return event
     except HubError as exc:
         return {"error": str(exc), "status": exc.status}
     except TypeError as exc:  # JSON data always encodes; kept for the type's sake

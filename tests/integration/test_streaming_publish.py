@@ -37,6 +37,7 @@ class StreamingPublish:
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         self.reader = self.sock.makefile("rb")
         self.status: int | None = None
+        self.pending = b""  # result bytes read, not yet returned
 
     def send(self, *items: Any) -> None:
         data = b"".join(
@@ -57,11 +58,14 @@ class StreamingPublish:
         return status
 
     def result(self) -> dict[str, Any]:
-        """The next result line (the answer is chunked: one chunk per line here)."""
-        size = int(self.reader.readline().strip(), 16)
-        chunk = self.reader.read(size)
-        self.reader.readline()  # the CRLF after the chunk
-        answer: dict[str, Any] = json.loads(chunk)
+        """The next result line (a chunk holds the results of one or more lines)."""
+        while b"\n" not in self.pending:
+            size = int(self.reader.readline().strip(), 16)
+            assert size, "the answer ended before this result line"
+            self.pending += self.reader.read(size)
+            self.reader.readline()  # the CRLF after the chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        answer: dict[str, Any] = json.loads(line)
         return answer
 
     def rest(self) -> bytes:
@@ -148,3 +152,65 @@ def test_credentials_are_checked_before_any_line_is_read(start_hub: HubLauncher)
 def test_an_idempotency_key_is_refused_for_a_stream(hub: HubServer) -> None:
     with streaming_publish(hub, {"Idempotency-Key": "k-1"}) as publisher:
         assert publisher.head() == 400
+
+
+def test_a_burst_of_lines_is_published_in_order_each_line_answered_once(hub: HubServer) -> None:
+    """1 000 lines in one chunk: the hub publishes them in groups (what arrived while
+    the last group was published), yet each line gets its own result, in order, a
+    bad line refuses only itself, and the stream gets every good line once, in order."""
+    stream = hub.subscribe("nd-burst")
+    items: list[Any] = []
+    for n in range(1000):
+        if n % 97 == 13:
+            items.append(b"{not json %d" % n)
+        elif n % 89 == 7:
+            items.append({"channel": "bad name", "data": n})
+        else:
+            items.append({"channel": "nd-burst", "data": f"burst {n}"})
+    good = [item["data"] for item in items
+            if isinstance(item, dict) and item["channel"] == "nd-burst"]
+    with streaming_publish(hub) as publisher:
+        publisher.send(*items)
+        publisher.finish()
+        assert publisher.head() == 200
+        results = [publisher.result() for _ in items]
+        assert publisher.rest() == b"0\r\n\r\n", "more results than lines"
+    for n, (item, result) in enumerate(zip(items, results, strict=True)):
+        if isinstance(item, bytes) or item["channel"] == "bad name":
+            assert result["status"] == 400 and "id" not in result, (n, result)
+        else:
+            assert set(result) == {"id"}, (n, result)
+    ids = [result["id"] for result in results if "id" in result]
+    assert len(ids) == len(good) == len(set(ids))
+    events = [e for e in stream.until_id(ids[-1], timeout=15) if e.type == "message"]
+    assert [e.data for e in events] == good
+    assert [e.last_event_id for e in events] == ids
+
+
+def test_a_publisher_gone_mid_line_leaves_its_whole_lines_published_and_the_hub_serving(
+    hub: HubServer,
+) -> None:
+    stream = hub.subscribe("nd-gone")
+    with streaming_publish(hub) as publisher:
+        publisher.send(*(a_piece({"channel": "nd-gone", "data": f"whole {n}"}) for n in range(10)))
+        assert publisher.head() == 200
+        last = [publisher.result() for _ in range(10)][-1]["id"]
+        publisher.sock.sendall(b'40\r\n{"channel": "nd-gone", "data": "cut')  # then gone
+    assert [e.data.rstrip(".") for e in stream.until_id(last)] == [f"whole {n}" for n in range(10)]
+    after = hub.publish("after", channel="nd-gone")
+    assert [e.data for e in stream.until_id(after)] == ["after"]  # the cut line never came
+
+
+def test_a_malformed_chunk_ends_the_answer_and_the_hub_keeps_serving(hub: HubServer) -> None:
+    stream = hub.subscribe("nd-malformed")
+    with streaming_publish(hub) as publisher:
+        publisher.send(a_piece({"channel": "nd-malformed", "data": "before"}))
+        assert publisher.head() == 200
+        first = publisher.result()["id"]
+        publisher.sock.sendall(b"zz\r\nnot a chunk\r\n")
+        publisher.sock.settimeout(10)
+        rest = publisher.rest()  # the hub ends the answer (and the connection) at once
+        assert b'"id"' not in rest, rest
+    assert [e.data.rstrip(".") for e in stream.until_id(first)] == ["before"]
+    after = hub.publish("after", channel="nd-malformed")
+    assert [e.data for e in stream.until_id(after)] == ["after"]
