@@ -301,7 +301,7 @@ class _LineReader:
         self._req = req
         self._limit = server.max_publish_bytes
         self._seconds = server.publish_body_seconds
-        self._lines: queue.Queue[bytes | Exception | _EndOfBody] = queue.Queue(_READ_AHEAD)
+        self._lines: queue.Queue[bytes | RequestRefused | _EndOfBody] = queue.Queue(_READ_AHEAD)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._read, name="sse-publish-lines", daemon=True)
         self._thread.start()
@@ -310,17 +310,13 @@ class _LineReader:
         """The next line (waiting for it) and those already read after it, up to ``limit``.
 
         Also how the body ended, if it did: the reader has then stopped reading.
-        A body the server could not read (a malformed chunk, a reset) raises
-        its error here, as a read in the answer's own loop would.
         """
         lines: list[bytes] = []
         item = self._lines.get()
         while True:
             if not isinstance(item, bytes):
                 self._thread.join()  # it no longer reads the socket: the server may
-                if isinstance(item, RequestRefused | _EndOfBody):
-                    return lines, item
-                raise item
+                return lines, item
             lines.append(item)
             if len(lines) == limit:
                 return lines, None
@@ -335,24 +331,29 @@ class _LineReader:
     def _read(self) -> None:
         stream = self._req.stream
         limit = self._limit
-        end: Exception | _EndOfBody = _EndOfBody()
+        end: RequestRefused | _EndOfBody = _EndOfBody()
         while not self._stopping.is_set():
             try:
                 # Each line must arrive within the body time of the one before.
                 line = _within(self._req, self._seconds, lambda: stream.readline(limit + 1))
-            except Exception as exc:  # RequestRefused (408), or the server's own error
+            except RequestRefused as exc:  # 408
                 end = exc
+                break
+            except Exception as exc:  # the server could not read it: a malformed chunk
+                end_of_requests(stream_socket(self._req.environ))  # no next request on it
+                end = RequestRefused(400, f"the body could not be read: {exc}")
                 break
             if not line:
                 break
-            if len(line) > limit:
+            if len(line) > limit:  # the rest of the body is not read: no next request
+                end_of_requests(stream_socket(self._req.environ))
                 end = RequestRefused(413, f"a line over {limit} bytes (SSE_MAX_PUBLISH_BYTES)")
                 break
             if line.strip() and not self._put(line):
                 return
         self._put(end)
 
-    def _put(self, item: bytes | Exception | _EndOfBody) -> bool:
+    def _put(self, item: bytes | RequestRefused | _EndOfBody) -> bool:
         """Queue ``item``, waiting while the queue is full; False once stopped."""
         while not self._stopping.is_set():
             try:

@@ -518,16 +518,21 @@ func (p *publisher) run(events int, start time.Time) {
 					p.ok[i] = true
 				}
 			}
-			p.mu.Lock()
-			p.reqLat = append(p.reqLat, lats...)
-			p.errors += errs
-			if lastErr != "" {
-				p.lastErr = lastErr
-			}
-			p.mu.Unlock()
+			p.record(lats, errs, lastErr)
 		}()
 	}
 	wg.Wait()
+}
+
+// record adds one publisher connection's request latencies and errors.
+func (p *publisher) record(lats []float64, errs int, lastErr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reqLat = append(p.reqLat, lats...)
+	p.errors += errs
+	if lastErr != "" {
+		p.lastErr = lastErr
+	}
 }
 
 func newClient(conns int) *http.Client {

@@ -29,14 +29,7 @@ func (p *publisher) runNDJSON(events int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			lats, errs, lastErr := p.stream(lo, hi)
-			p.mu.Lock()
-			p.reqLat = append(p.reqLat, lats...)
-			p.errors += errs
-			if lastErr != "" {
-				p.lastErr = lastErr
-			}
-			p.mu.Unlock()
+			p.record(p.stream(lo, hi))
 		}()
 	}
 	wg.Wait()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -136,6 +137,8 @@ def test_a_line_over_the_limit_ends_the_stream_with_413(hub: HubServer) -> None:
         publisher.finish()
         assert publisher.head() == 200
         assert publisher.result()["status"] == 413
+        publisher.sock.settimeout(10)
+        assert publisher.rest().endswith(b"0\r\n\r\n")  # the answer ended, and the connection
 
 
 def test_credentials_are_checked_before_any_line_is_read(start_hub: HubLauncher) -> None:
@@ -201,7 +204,9 @@ def test_a_publisher_gone_mid_line_leaves_its_whole_lines_published_and_the_hub_
     assert [e.data for e in stream.until_id(after)] == ["after"]  # the cut line never came
 
 
-def test_a_malformed_chunk_ends_the_answer_and_the_hub_keeps_serving(hub: HubServer) -> None:
+def test_a_malformed_chunk_ends_the_answer_with_400_and_the_hub_keeps_serving(
+    hub: HubServer,
+) -> None:
     stream = hub.subscribe("nd-malformed")
     with streaming_publish(hub) as publisher:
         publisher.send(a_piece({"channel": "nd-malformed", "data": "before"}))
@@ -209,8 +214,29 @@ def test_a_malformed_chunk_ends_the_answer_and_the_hub_keeps_serving(hub: HubSer
         first = publisher.result()["id"]
         publisher.sock.sendall(b"zz\r\nnot a chunk\r\n")
         publisher.sock.settimeout(10)
-        rest = publisher.rest()  # the hub ends the answer (and the connection) at once
+        refused = publisher.result()  # a last result line says why, then the answer ends
+        assert refused["status"] == 400 and "could not be read" in refused["error"], refused
+        rest = publisher.rest()  # ... and the connection (nothing more is read from it)
         assert b'"id"' not in rest, rest
+        assert rest.endswith(b"0\r\n\r\n"), rest
     assert [e.data.rstrip(".") for e in stream.until_id(first)] == ["before"]
     after = hub.publish("after", channel="nd-malformed")
     assert [e.data for e in stream.until_id(after)] == ["after"]
+
+
+def test_a_line_that_does_not_come_in_time_ends_the_answer_with_408(
+    start_hub: HubLauncher,
+) -> None:
+    """Each line must arrive within ``SSE_PUBLISH_BODY_SECONDS`` of the one before."""
+    hub = start_hub(SSE_PUBLISH_BODY_SECONDS=1)
+    with streaming_publish(hub) as publisher:
+        publisher.send(a_piece({"channel": "nd-late", "data": "in time"}))
+        assert publisher.head() == 200
+        assert "id" in publisher.result()
+        started = time.monotonic()
+        late = publisher.result()  # nothing more is sent
+        took = time.monotonic() - started
+        assert late["status"] == 408 and "SSE_PUBLISH_BODY_SECONDS" in late["error"], late
+        assert 0.9 <= took < 3, f"408 after {took:.2f}s (SSE_PUBLISH_BODY_SECONDS=1)"
+        assert publisher.rest().endswith(b"0\r\n\r\n")  # the answer ended, and the connection
+    assert hub.publish("after", channel="nd-late")
